@@ -1,0 +1,1 @@
+../configuration_ret2/configuration_ret2.py

@@ -1,0 +1,478 @@
+"""ReT-2: a gated recurrent cell over the hidden states of a text and a vision tower (arXiv 2509.08897).
+
+A query or a document (text, image, or both) is encoded as follows. Each tower runs once with
+`output_hidden_states=True`. A recurrent state of K latent tokens then takes one step per tapped layer pair,
+shallow to deep: it attends to itself, reads the adapted text and vision tokens of that layer through one
+cross-attention per modality, and LSTM-like gates decide how much of the old state to keep (forget gate) and how
+much of each modality to let in (one input gate per modality, multiplied by that modality's presence mask). The
+final state is mean-pooled, projected and L2-normalised (ReT-2), or projected per token (ReT-1, late interaction).
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+import transformers
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput, logging
+
+from .configuration_ret2 import Ret2Config
+
+logger = logging.get_logger(__name__)
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """(num_positions, dim) table: channel j of position p is sin(p*w_j) for even j, cos(p*w_j) for odd j,
+    with w_j = 10000^(-(j - j % 2) / dim)."""
+    positions = torch.arange(num_positions, dtype=torch.float32)[:, None]  # (P, 1)
+    channels = torch.arange(dim)
+    freqs = torch.exp(-(channels - channels % 2).float() * math.log(10000.0) / dim)  # (dim,)
+    angles = positions * freqs  # (P, dim)
+    return torch.where(channels % 2 == 0, torch.sin(angles), torch.cos(angles))
+
+
+@dataclass
+class Ret2Output(ModelOutput):
+    """
+    Output of [`Ret2Model.forward`].
+
+    Args:
+        query_embeds (`torch.FloatTensor` of shape `(batch_size, embedding_dim)` or `(batch_size, K, embedding_dim)`):
+            L2-normalised query embeddings (multi-vector when `config.pooling="none"`).
+        doc_embeds (`torch.FloatTensor`, same layout as `query_embeds`):
+            L2-normalised document embeddings.
+        logit_scale (`torch.FloatTensor` of shape `()`):
+            The learnable log inverse temperature of the contrastive loss (unclamped).
+    """
+
+    query_embeds: torch.FloatTensor | None = None
+    doc_embeds: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """query (B, h, K, d), key/value (B, h, N, d), attention_mask (B, 1, 1, N) bool, True = attend.
+    Returns the output (B, K, h, d) and the attention weights (B, h, K, N)."""
+    scores = (query @ key.transpose(-1, -2)) * scaling  # (B, h, K, N)
+    if attention_mask is not None:
+        scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+    probs = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = F.dropout(probs, p=dropout, training=module.training)
+    return (probs @ value).transpose(1, 2), probs
+
+
+class Ret2Attention(nn.Module):
+    """Multi-head attention from the latent tokens to a sequence (itself for self-attention)."""
+
+    is_causal = False
+
+    def __init__(self, config: Ret2Config, bias: bool):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.q_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size, bias=bias)
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (B, N, H) -> (B, h, N, H/h)
+
+    def forward(
+        self, queries: torch.Tensor, keys_values: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """queries (B, K, H), keys_values (B, N, H), key_padding_mask (B, N) bool with True = attend -> (B, K, H)."""
+        q = self._split_heads(self.q_proj(queries))  # (B, h, K, d)
+        k = self._split_heads(self.k_proj(keys_values))  # (B, h, N, d)
+        v = self._split_heads(self.v_proj(keys_values))  # (B, h, N, d)
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # (B, 1, 1, N)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        dropout = self.config.attention_dropout if self.training else 0.0
+        out, _ = attention(self, q, k, v, mask, dropout=dropout, scaling=self.head_dim**-0.5)  # (B, K, h, d)
+        return self.out_proj(out.flatten(2))  # (B, K, H)
+
+
+class Ret2MLP(nn.Module):
+    def __init__(self, config: Ret2Config):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, 4 * config.hidden_size)
+        self.fc2 = nn.Linear(4 * config.hidden_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Linear -> Dropout -> GELU -> Linear -> Dropout, the order of the ReT-1 cell.
+        return self.dropout(self.fc2(F.gelu(self.dropout(self.fc1(x)))))
+
+
+class Ret2RecurrentCell(GradientCheckpointingLayer):
+    """One step of the gated recurrent cell. The same weights serve every step.
+
+    With state h (B, K, H), the adapted text tokens X_t (B, Nt, H) and vision tokens X_v (B, Nv, H) of one layer,
+    and per-sample presence masks m_t, m_v in {0, 1}:
+
+        q = h + P;  z = LN_xa(q);  r = q + SelfAttn(z)
+        T = TextXA(z, LN_t(X_t));  V = VisXA(z, LN_v(X_v))
+        i_t = sigmoid(W_it T + b_in) * m_t;  i_v = sigmoid(W_iv V + b_in) * m_v
+        f = sigmoid(m_t * W_ft T + m_v * W_fv V + b_f)
+        c = r * f + T * i_t + V * i_v      (r, T, V squashed by tanh first when `use_tanh`; gates read them raw)
+        h' = c + MLP(LN_mlp(c))
+
+    A modality with no tokens in the whole batch (`None`) contributes exactly what a masked one does: nothing.
+    """
+
+    def __init__(self, config: Ret2Config):
+        super().__init__()
+        hidden, k = config.hidden_size, config.num_latent_tokens
+        self.latent_tokens = nn.Parameter(torch.empty(1, k, hidden))
+        # Fixed sinusoidal positions of the latent tokens, added again at every step; derived, so not saved.
+        self.register_buffer("position_table", sinusoidal_table(k, hidden)[None], persistent=False)  # (1, K, H)
+        self.xa_ln = nn.LayerNorm(hidden)
+        self.text_ln = nn.LayerNorm(hidden)
+        self.vision_ln = nn.LayerNorm(hidden)
+        self.mlp_ln = nn.LayerNorm(hidden)
+        self.self_attn = Ret2Attention(config, bias=True)
+        self.text_attn = Ret2Attention(config, bias=False)
+        self.vision_attn = Ret2Attention(config, bias=False)
+        self.text_input_gate = nn.Linear(hidden, hidden)
+        self.vision_input_gate = nn.Linear(hidden, hidden)
+        self.text_forget_gate = nn.Linear(hidden, hidden)
+        self.vision_forget_gate = nn.Linear(hidden, hidden)
+        self.mlp = Ret2MLP(config)
+        self.input_bias = config.input_gate_bias_prior
+        self.forget_bias = config.forget_gate_bias_prior
+        self.squash = torch.tanh if config.use_tanh else (lambda x: x)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        return self.latent_tokens.expand(batch_size, -1, -1)  # (B, K, H)
+
+    def forward(
+        self,
+        state: torch.Tensor,
+        text_tokens: torch.Tensor | None,
+        text_padding_mask: torch.Tensor | None,
+        text_mask: torch.Tensor,
+        vision_tokens: torch.Tensor | None,
+        vision_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """state (B, K, H); *_tokens (B, N, H) adapted tokens or None; text_padding_mask (B, Nt) bool (True =
+        attend); text_mask / vision_mask (B, 1, 1) presence in {0, 1}. Returns the new state (B, K, H)."""
+        q = state + self.position_table  # (B, K, H)
+        z = self.xa_ln(q)
+        carried = self.squash(q + self.self_attn(z, z))
+        forget_logits = 0.0
+        inputs = 0.0
+        if text_tokens is not None:
+            t = self.text_attn(z, self.text_ln(text_tokens), text_padding_mask)  # (B, K, H)
+            input_gate = torch.sigmoid(self.text_input_gate(t) + self.input_bias) * text_mask
+            forget_logits = forget_logits + text_mask * self.text_forget_gate(t)
+            inputs = inputs + self.squash(t) * input_gate
+        if vision_tokens is not None:
+            v = self.vision_attn(z, self.vision_ln(vision_tokens))  # (B, K, H)
+            input_gate = torch.sigmoid(self.vision_input_gate(v) + self.input_bias) * vision_mask
+            forget_logits = forget_logits + vision_mask * self.vision_forget_gate(v)
+            inputs = inputs + self.squash(v) * input_gate
+        forget_gate = torch.sigmoid(forget_logits + self.forget_bias)
+        c = carried * forget_gate + inputs  # (B, K, H)
+        return c + self.mlp(self.mlp_ln(c))
+
+
+class Ret2Encoder(nn.Module):
+    """Per-tap adapters, the recurrent cell and the output projection: tower hidden states -> embedding."""
+
+    def __init__(self, config: Ret2Config):
+        super().__init__()
+        text_width, vision_width = config.text_config.hidden_size, config.vision_config.hidden_size
+        self.text_adapters = nn.ModuleList(nn.Linear(text_width, config.hidden_size) for _ in config.text_layer_ids)
+        self.vision_adapters = nn.ModuleList(
+            nn.Linear(vision_width, config.hidden_size) for _ in config.vision_layer_ids
+        )
+        self.cell = Ret2RecurrentCell(config)
+        self.projection = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
+        self.pooling = config.pooling
+
+    def forward(
+        self,
+        text_states: list[torch.Tensor] | None,
+        text_padding_mask: torch.Tensor | None,
+        text_mask: torch.Tensor,
+        vision_states: list[torch.Tensor] | None,
+        vision_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """*_states: one (B, N, width) tensor per tap, or None when no sample has that modality; masks (B,).
+        Returns (B, D), or (B, K, D) when pooling is "none"; L2-normalised along D."""
+        batch_size = text_mask.shape[0]
+        text_gate = text_mask[:, None, None]  # (B, 1, 1)
+        vision_gate = vision_mask[:, None, None]
+        state = self.cell.initial_state(batch_size)
+        for step in range(len(self.text_adapters)):
+            text = None if text_states is None else self.text_adapters[step](text_states[step])  # (B, Nt, H)
+            vision = None if vision_states is None else self.vision_adapters[step](vision_states[step])
+            state = self.cell(state, text, text_padding_mask, text_gate, vision, vision_gate)
+        if self.pooling == "mean":
+            state = state.mean(dim=1)  # (B, K, H) -> (B, H)
+        return F.normalize(self.projection(state), dim=-1)
+
+
+class Ret2PreTrainedModel(PreTrainedModel):
+    config: Ret2Config
+    config_class = Ret2Config
+    base_model_prefix = "ret2"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["Ret2Encoder"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # The towers are PreTrainedModels: transformers dispatches their modules to their own `_init_weights`.
+        if isinstance(module, Ret2RecurrentCell):
+            init.normal_(module.latent_tokens, std=self.config.latent_init_std)
+            init.copy_(module.position_table, sinusoidal_table(*module.position_table.shape[1:])[None])
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, std=self.config.initializer_range)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, Ret2Model):
+            init.constant_(module.logit_scale, self.config.logit_scale_init)
+
+
+
+def build_tower(config: PretrainedConfig) -> PreTrainedModel:
+    """The bare encoder for a tower config. `AutoModel` covers most families; a few tower configs (e.g.
+    `SiglipTextConfig`) are not in its mapping but have a model class named after them."""
+    try:
+        return AutoModel.from_config(config)
+    except ValueError:
+        model_class = getattr(transformers, type(config).__name__.removesuffix("Config") + "Model", None)
+        if model_class is None:
+            raise
+        return model_class(config)
+
+
+class Ret2Model(Ret2PreTrainedModel):
+    """ReT-2 retriever: one embedding per query or document made of text, an image, or both.
+
+    Example:
+
+    ```python
+    >>> from transformers import AutoModel, AutoProcessor
+    >>> model = AutoModel.from_pretrained("path/or/hub-id", trust_remote_code=True)
+    >>> processor = AutoProcessor.from_pretrained("path/or/hub-id", trust_remote_code=True)
+    >>> queries = processor(text=["a red circle", None], images=[None, image], return_tensors="pt")
+    >>> scores = model.similarity(model.encode_queries(**queries), model.encode_documents(**documents))
+    ```
+    """
+
+    def __init__(self, config: Ret2Config):
+        super().__init__(config)
+        self.text_model = build_tower(config.text_config)
+        self.vision_model = build_tower(config.vision_config)
+        self.query_encoder = Ret2Encoder(config)
+        # ReT-2 shares one encoder between queries and documents; ReT-1 (share_encoder=False) has one per side.
+        self.document_encoder = None if config.share_encoder else Ret2Encoder(config)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init))
+        self.text_model.requires_grad_(not config.freeze_text_tower)
+        self.vision_model.requires_grad_(not config.freeze_vision_tower)
+        self.post_init()
+
+    @classmethod
+    def from_backbone(cls, name_or_path: str, **config_kwargs) -> "Ret2Model":
+        """Start a ReT-2 model from a pretrained CLIP or SigLIP checkpoint (hub id or local folder).
+
+        The towers get the checkpoint's text and vision weights; adapters, cell and projection are freshly
+        initialised. `config_kwargs` go to [`Ret2Config`] (e.g. `freeze_vision_tower=True`).
+        """
+        backbone_config = AutoConfig.from_pretrained(name_or_path)
+        missing = [name for name in ("text_config", "vision_config") if getattr(backbone_config, name, None) is None]
+        if missing:
+            raise ValueError(
+                f"{name_or_path!r} is a {type(backbone_config).__name__} without {missing}; from_backbone needs a "
+                "dual-encoder checkpoint such as CLIP or SigLIP."
+            )
+        config = Ret2Config(
+            text_config=backbone_config.text_config, vision_config=backbone_config.vision_config, **config_kwargs
+        )
+        config.text_config._name_or_path = config.vision_config._name_or_path = str(name_or_path)
+        model = cls(config)
+        backbone = AutoModel.from_pretrained(name_or_path)
+        for name in ("text_model", "vision_model"):
+            source = getattr(backbone, name)  # e.g. CLIPModel.text_model: a CLIPTextTransformer
+            target = getattr(model, name)  # e.g. CLIPTextModel, whose `.text_model` is that same class
+            target = getattr(target, name, target)
+            target.load_state_dict(source.state_dict())
+        return model
+
+    def _tower_states(
+        self, tower: nn.Module, layer_ids: list[int], present: torch.Tensor, **inputs: torch.Tensor
+    ) -> list[torch.Tensor] | None:
+        """Run a tower with `output_hidden_states=True` and return its tapped layers, each (B, N, width).
+
+        With `skip_missing_modalities`, the tower runs only on the samples where `present` is True; the others get
+        zero features, which the cell's masks remove exactly as they remove a placeholder's.
+        """
+        if not self.config.skip_missing_modalities or bool(present.all()):
+            hidden = tower(**inputs, output_hidden_states=True).hidden_states
+            return [hidden[i + 1] for i in layer_ids]
+        if not bool(present.any()):
+            return None
+        rows = present.nonzero().squeeze(1)
+        hidden = tower(**{k: v[rows] for k, v in inputs.items()}, output_hidden_states=True).hidden_states
+        batch_size = present.shape[0]
+        states = []
+        for i in layer_ids:
+            tapped = hidden[i + 1]  # (B_present, N, width)
+            states.append(tapped.new_zeros((batch_size, *tapped.shape[1:])).index_copy(0, rows, tapped))
+        return states
+
+    def _encode(
+        self,
+        encoder: Ret2Encoder,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        text_mask: torch.Tensor | None,
+        vision_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        if input_ids is None and pixel_values is None:
+            raise ValueError("Nothing to encode: pass input_ids, pixel_values, or both.")
+        batch_size = (input_ids if input_ids is not None else pixel_values).shape[0]
+        device = self.logit_scale.device
+        text_mask = _presence(text_mask, input_ids, batch_size, device, "text_mask", "input_ids")
+        vision_mask = _presence(vision_mask, pixel_values, batch_size, device, "vision_mask", "pixel_values")
+        if bool((text_mask + vision_mask == 0).any()):
+            empty = (text_mask + vision_mask == 0).nonzero().flatten().tolist()
+            raise ValueError(f"Samples {empty} have neither text nor image (text_mask and vision_mask are both 0).")
+
+        text_states = text_padding_mask = None
+        if input_ids is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            text_states = self._tower_states(
+                self.text_model, self.config.text_layer_ids, text_mask.bool(),
+                input_ids=input_ids, attention_mask=attention_mask,
+            )  # fmt: skip
+            # Samples without text attend to every (zeroed or placeholder) token: the gates drop them anyway, and a
+            # fully padded row would make the softmax NaN, which no mask can multiply away.
+            text_padding_mask = attention_mask.bool() | ~text_mask.bool()[:, None]  # (B, Nt)
+        vision_states = None
+        if pixel_values is not None:
+            pixel_values = pixel_values.to(self.vision_model.dtype)
+            vision_states = self._tower_states(
+                self.vision_model, self.config.vision_layer_ids, vision_mask.bool(), pixel_values=pixel_values
+            )
+        dtype = self.query_encoder.projection.weight.dtype
+        return encoder(text_states, text_padding_mask, text_mask.to(dtype), vision_states, vision_mask.to(dtype))
+
+    def encode_queries(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        vision_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode queries (text, image, or both) into L2-normalised embeddings.
+
+        Args:
+            input_ids, attention_mask (`torch.LongTensor` of shape `(B, Nt)`, *optional*): tokenised text.
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, height, width)`, *optional*): preprocessed images.
+            text_mask, vision_mask (`torch.Tensor` of shape `(B,)`, *optional*): 1 where the sample has that
+                modality, 0 where its entry is a placeholder. Default: present for every sample iff the input is given.
+
+        Returns:
+            `torch.FloatTensor` of shape `(B, embedding_dim)`, or `(B, K, embedding_dim)` when `pooling="none"`.
+        """
+        return self._encode(self.query_encoder, input_ids, attention_mask, pixel_values, text_mask, vision_mask)
+
+    def encode_documents(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        vision_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Encode documents; same inputs and outputs as [`~Ret2Model.encode_queries`]."""
+        encoder = self.document_encoder if self.document_encoder is not None else self.query_encoder
+        return self._encode(encoder, input_ids, attention_mask, pixel_values, text_mask, vision_mask)
+
+    @staticmethod
+    def similarity(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+        """Score every query against every document -> (Nq, Nd).
+
+        Single vectors (N, D): cosine similarity (the embeddings are normalised). Multi-vector (N, K, D): late
+        interaction, the sum over query tokens of the best-matching document token's dot product (ReT-1).
+        """
+        if queries.dim() != documents.dim() or queries.dim() not in (2, 3):
+            raise ValueError(
+                f"similarity takes two (N, D) or two (N, K, D) tensors, got {tuple(queries.shape)} and "
+                f"{tuple(documents.shape)}."
+            )
+        if queries.dim() == 2:
+            return queries @ documents.T  # (Nq, D) x (D, Nd)
+        token_scores = torch.einsum("qkd,nld->qnkl", queries, documents)  # (Nq, Nd, Kq, Kd)
+        return token_scores.amax(dim=-1).sum(dim=-1)
+
+    def forward(
+        self,
+        query_input_ids: torch.Tensor | None = None,
+        query_attention_mask: torch.Tensor | None = None,
+        query_pixel_values: torch.Tensor | None = None,
+        query_text_mask: torch.Tensor | None = None,
+        query_vision_mask: torch.Tensor | None = None,
+        doc_input_ids: torch.Tensor | None = None,
+        doc_attention_mask: torch.Tensor | None = None,
+        doc_pixel_values: torch.Tensor | None = None,
+        doc_text_mask: torch.Tensor | None = None,
+        doc_vision_mask: torch.Tensor | None = None,
+    ) -> Ret2Output:
+        """Encode a batch of queries and/or documents in one call (one call per step keeps DDP's hooks right).
+
+        The `query_*` and `doc_*` arguments are the inputs of [`~Ret2Model.encode_queries`] and
+        [`~Ret2Model.encode_documents`]; the side whose inputs are all missing is skipped.
+        """
+        query_embeds = doc_embeds = None
+        if query_input_ids is not None or query_pixel_values is not None:
+            query_embeds = self.encode_queries(
+                query_input_ids, query_attention_mask, query_pixel_values, query_text_mask, query_vision_mask
+            )
+        if doc_input_ids is not None or doc_pixel_values is not None:
+            doc_embeds = self.encode_documents(
+                doc_input_ids, doc_attention_mask, doc_pixel_values, doc_text_mask, doc_vision_mask
+            )
+        return Ret2Output(query_embeds=query_embeds, doc_embeds=doc_embeds, logit_scale=self.logit_scale)
+
+
+def _presence(
+    mask: torch.Tensor | None, inputs: torch.Tensor | None, batch_size: int, device: torch.device, name: str, src: str
+) -> torch.Tensor:
+    """Per-sample presence of a modality as a (B,) float tensor; the input must exist where the mask says 1."""
+    if mask is None:
+        return torch.full((batch_size,), float(inputs is not None), device=device)
+    mask = mask.to(device=device, dtype=torch.float32).flatten()
+    if mask.shape[0] != batch_size:
+        raise ValueError(f"{name} has {mask.shape[0]} entries for a batch of {batch_size}.")
+    if inputs is None and bool(mask.any()):
+        raise ValueError(f"{name} marks samples {mask.nonzero().flatten().tolist()} as present but {src} is None.")
+    return mask
+
+
+__all__ = ["Ret2Model", "Ret2PreTrainedModel", "Ret2Output", "Ret2RecurrentCell", "Ret2Encoder"]

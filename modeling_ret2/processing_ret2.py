@@ -1,0 +1,103 @@
+"""Processor for ReT-2: tokenises text, preprocesses images, and marks which modality each sample has."""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, ProcessorMixin
+
+
+def to_rgb(image: "Image.Image | np.ndarray") -> Image.Image:
+    """Any PIL mode (RGBA, LA, P, L, CMYK, I;16, I, F, ...) or an HxW / HxWxC uint8 array -> an RGB image.
+
+    Transparent pixels are composited onto white (their stored colour is often arbitrary); high bit-depth greyscale
+    is rescaled to 8 bits from its own value range rather than clipped.
+    """
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"Expected a PIL image or a numpy array, got {type(image).__name__}.")
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        low, high = float(pixels.min()), float(pixels.max())
+        scaled = (pixels - low) / (high - low) * 255.0 if high > low else np.zeros_like(pixels)
+        return Image.fromarray(scaled.round().astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+class Ret2Processor(ProcessorMixin):
+    r"""
+    Wraps a tokenizer and an image processor (e.g. CLIP's). Each sample may have text, an image, or both.
+
+    `processor(text=[...], images=[...], return_tensors="pt")` takes two lists of equal length whose entries may be
+    `None` (or `""` for text) where a sample lacks that modality, and returns `input_ids`, `attention_mask`,
+    `pixel_values`, `text_mask` and `vision_mask` (1 where the sample has the modality). Missing text is tokenised as
+    an empty string and a missing image is a black image: the model's masks make both contribute nothing, and the
+    model skips a tower for samples that lack its modality. `pixel_values` is omitted when no sample has an image
+    (unless `pad_missing_images=True`).
+    """
+
+    def __init__(self, image_processor=None, tokenizer=None, **kwargs):
+        super().__init__(image_processor, tokenizer)
+
+    def __call__(
+        self,
+        text: "str | list[str | None] | None" = None,
+        images: "Image.Image | list[Image.Image | None] | None" = None,
+        return_tensors: str = "pt",
+        pad_missing_images: bool = False,
+        max_length: int | None = None,
+    ) -> BatchFeature:
+        if text is None and images is None:
+            raise ValueError("Give text, images, or both.")
+        if isinstance(text, str):
+            text = [text]
+        if images is not None and not isinstance(images, (list, tuple)):
+            images = [images]
+        size = len(text) if text is not None else len(images)
+        text = list(text) if text is not None else [None] * size
+        images = list(images) if images is not None else [None] * size
+        if len(text) != len(images):
+            raise ValueError(f"Got {len(text)} texts and {len(images)} images; give one entry (or None) per sample.")
+
+        text_mask = [t is not None and t != "" for t in text]
+        vision_mask = [image is not None for image in images]
+        empty = [i for i in range(size) if not (text_mask[i] or vision_mask[i])]
+        if empty:
+            raise ValueError(f"Samples {empty} have neither text nor an image.")
+
+        max_length = max_length or min(self.tokenizer.model_max_length, 4096)
+        data = dict(
+            self.tokenizer(
+                [t if has else "" for t, has in zip(text, text_mask)],
+                padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+            )  # fmt: skip
+        )
+        if any(vision_mask) or pad_missing_images:
+            data["pixel_values"] = self._pixel_values(images, vision_mask)
+        data["text_mask"] = torch.tensor(text_mask, dtype=torch.long)
+        data["vision_mask"] = torch.tensor(vision_mask, dtype=torch.long)
+        return BatchFeature(data=data, tensor_type=return_tensors)
+
+    def _pixel_values(self, images: list, vision_mask: list[bool]) -> torch.Tensor:
+        """(B, 3, H, W): the present images preprocessed in one call, a preprocessed black image elsewhere."""
+        present = [to_rgb(image) for image, has in zip(images, vision_mask) if has]
+        pixels = self.image_processor(present, return_tensors="pt")["pixel_values"] if present else None
+        if all(vision_mask):
+            return pixels
+        # A constant image stays constant through resizing and cropping, so its size does not matter.
+        black = self.image_processor([Image.new("RGB", (224, 224))], return_tensors="pt")
+        out = black["pixel_values"].expand(len(images), -1, -1, -1).clone()  # (B, 3, H, W)
+        if pixels is not None:
+            out[torch.tensor(vision_mask)] = pixels
+        return out
+
+
+__all__ = ["Ret2Processor", "to_rgb"]

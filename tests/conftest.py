@@ -1,0 +1,40 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest
+import torch
+from PIL import Image
+
+from training.tiny import tiny_model_and_processor
+
+torch.set_num_threads(1)
+
+WORDS = "red green blue yellow circle square triangle star left right top bottom small big".split()
+
+
+def solid(color: tuple[int, int, int], size: int = 40, mode: str = "RGB") -> Image.Image:
+    return Image.new("RGB", (size, size), color).convert(mode)
+
+
+def pattern(seed: int, size: int = 40) -> Image.Image:
+    """A random RGB image (different seeds give different images)."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (size, size, 3), generator=g, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy())
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """A seeded tiny ReT-2 (CLIP towers of width 32, depth 4) and its processor, in eval mode."""
+    return tiny_model_and_processor(WORDS, seed=0)
+
+
+@pytest.fixture(scope="session")
+def mixed_batch(tiny):
+    """Texts and images with every modality combination."""
+    _, processor = tiny
+    texts = ["a red circle on the left", None, "a big blue square", "green star", None, "small yellow triangle"]
+    images = [pattern(1), pattern(2), None, pattern(3), pattern(4), None]
+    return texts, images

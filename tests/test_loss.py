@@ -1,0 +1,164 @@
+"""Tests for training/loss.py: analytic loss values, duplicate-document masking, logit-scale clamping,
+late-interaction scores, in-batch recall@1, and (slow) 2-process DDP gradients against one process."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1, late_interaction_scores, score
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(*shape, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _nll(logits_row: torch.Tensor, label: int, keep: list[int]) -> torch.Tensor:
+    """Cross-entropy of one row by hand, the softmax restricted to the columns in ``keep``."""
+    return logits_row[keep].logsumexp(0) - logits_row[label]
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (4, 3, 8)], ids=["single-vector", "multi-vector"])
+def test_zero_embeddings_give_log_batch(shape):
+    """All scores equal: each row's cross-entropy is log(number of columns)."""
+    zeros, scale = torch.zeros(shape), torch.tensor(math.log(20.0))
+    negs = torch.zeros((8, *shape[1:]))  # n_neg = 2
+    torch.testing.assert_close(ContrastiveLoss()(zeros, zeros, scale), torch.tensor(math.log(4)))
+    # query -> doc sees 4 + 8 columns, doc -> query still 4
+    expected = (math.log(4 + 8) + math.log(4)) / 2
+    torch.testing.assert_close(ContrastiveLoss()(zeros, zeros, scale, neg_doc_embeds=negs), torch.tensor(expected))
+    one_way = ContrastiveLoss(symmetric=False)(zeros, zeros, scale, neg_doc_embeds=negs)
+    torch.testing.assert_close(one_way, torch.tensor(math.log(12)))
+
+
+def test_orthonormal_embeddings_give_zero_loss():
+    eye = torch.eye(4, 8)  # (B, D): positives score 1, negatives 0
+    multi = eye[:, None, :].expand(4, 3, 8)  # (B, K, D): every token of item i is e_i
+    scale = torch.tensor(math.log(100.0))
+    assert ContrastiveLoss()(eye, eye, scale, neg_doc_embeds=torch.eye(8)[4:]).item() < 1e-6
+    assert ContrastiveLoss()(multi, multi, scale).item() < 1e-6
+
+
+def test_logit_scale_is_clamped():
+    q, d = _unit(5, 8, seed=1), _unit(5, 8, seed=2)
+    at_cap = ContrastiveLoss()(q, d, torch.tensor(math.log(100.0)))
+    above = torch.tensor(math.log(1000.0), requires_grad=True)
+    loss = ContrastiveLoss()(q, d, above)
+    loss.backward()
+    torch.testing.assert_close(loss, at_cap)
+    assert above.grad.item() == 0.0
+    below = torch.tensor(math.log(10.0), requires_grad=True)
+    ContrastiveLoss()(q, d, below).backward()
+    assert abs(below.grad.item()) > 1e-3
+    # the cap is configurable
+    capped_at_10 = ContrastiveLoss(max_logit_scale=10.0)(q, d, torch.tensor(math.log(50.0)))
+    torch.testing.assert_close(capped_at_10, ContrastiveLoss()(q, d, torch.tensor(math.log(10.0))))
+
+
+def test_duplicate_documents_are_not_negatives():
+    """Queries 0 and 1 share a document id: each one's copy leaves the other's softmax, both ways."""
+    q, d = _unit(3, 8, seed=3), _unit(3, 8, seed=4)
+    s = 10.0 * (q @ d.T)  # (3, 3) logits, [query, doc]
+    q2d = [_nll(s[0], 0, [0, 2]), _nll(s[1], 1, [1, 2]), _nll(s[2], 2, [0, 1, 2])]
+    d2q = [_nll(s[:, 0], 0, [0, 2]), _nll(s[:, 1], 1, [1, 2]), _nll(s[:, 2], 2, [0, 1, 2])]
+    expected = (torch.stack(q2d).mean() + torch.stack(d2q).mean()) / 2
+    loss_fn, scale = ContrastiveLoss(), torch.tensor(math.log(10.0))
+    torch.testing.assert_close(loss_fn(q, d, scale, doc_ids=torch.tensor([5, 5, 7])), expected)
+    torch.testing.assert_close(loss_fn(q, d, scale, doc_ids=torch.tensor([5, 6, 7])), loss_fn(q, d, scale))
+    assert abs(loss_fn(q, d, scale).item() - expected.item()) > 1e-3
+
+
+def test_hard_negative_equal_to_a_positive_is_masked():
+    """Query 0's hard negative has the id of query 1's positive: it is dropped from query 1's softmax only."""
+    q, d, negs = _unit(2, 8, seed=5), _unit(2, 8, seed=6), _unit(2, 8, seed=7)
+    s = 10.0 * (q @ torch.cat([d, negs]).T)  # (2, 4) logits: columns d0, d1, n0, n1
+    expected = (_nll(s[0], 0, [0, 1, 2, 3]) + _nll(s[1], 1, [0, 1, 3])) / 2
+    loss = ContrastiveLoss(symmetric=False)(
+        q, d, torch.tensor(math.log(10.0)), torch.tensor([1, 2]), negs, neg_doc_ids=torch.tensor([2, 9])
+    )
+    torch.testing.assert_close(loss, expected)
+
+
+def test_late_interaction_matches_brute_force():
+    q, d = _unit(3, 4, 5, seed=8), _unit(2, 6, 5, seed=9)  # (Nq, K, D), (Nd, L, D)
+    brute = torch.tensor(
+        [[sum(max(float(qk @ dl) for dl in d[j]) for qk in q[i]) for j in range(2)] for i in range(3)]
+    )
+    torch.testing.assert_close(late_interaction_scores(q, d), brute)
+    torch.testing.assert_close(score(q, d), brute)
+    torch.testing.assert_close(score(q[:, 0], d[:, 0]), q[:, 0] @ d[:, 0].T)
+    with pytest.raises(ValueError, match="both multi-vector"):
+        score(q, d[:, 0])
+
+
+def test_in_batch_recall_at_1():
+    docs = torch.eye(4, 8)
+    queries = docs[[0, 1, 3, 2]]  # queries 2 and 3 retrieve each other's document
+    assert in_batch_recall_at_1(queries, docs).item() == 0.5
+    # documents 2 and 3 are copies of one document: retrieving the copy is a hit
+    assert in_batch_recall_at_1(queries, docs, torch.tensor([0, 1, 2, 2])).item() == 1.0
+    assert in_batch_recall_at_1(queries[:, None], docs[:, None]).item() == 0.5  # multi-vector, K = 1
+
+
+def test_gather_is_identity_without_process_group():
+    t = torch.randn(3, 4)
+    assert gather_with_grad(t) is t
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"symmetric": 1}, "True or False"),
+        ({"max_logit_scale": 0.0}, "> 0"),
+        ({"max_logit_scale": math.inf}, "> 0"),
+        ({"max_logit_scale": True}, "> 0"),
+    ],
+)
+def test_invalid_options_raise(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ContrastiveLoss(**kwargs)
+
+
+def test_invalid_inputs_raise():
+    q, scale = _unit(3, 8), torch.tensor(0.0)
+    with pytest.raises(ValueError, match="same batch size"):
+        ContrastiveLoss()(q, q[:2], scale)
+    with pytest.raises(ValueError, match="doc_ids must have shape"):
+        ContrastiveLoss()(q, q, scale, doc_ids=torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="needs doc_ids"):
+        ContrastiveLoss()(q, q, scale, neg_doc_embeds=q, neg_doc_ids=torch.tensor([1, 2, 3]))
+
+
+@pytest.mark.slow
+def test_ddp_matches_single_process(tmp_path):
+    """Pins the local-vs-gathered scheme under 2 gloo processes, with duplicate ids and hard negatives:
+    the mean of the rank losses is the single-process loss on the global batch, and the DDP-averaged
+    gradients (through the gather) equal the single-process gradients; recall@1 is the global one."""
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*cmd, str(REPO / "tests" / "dist_loss_worker.py"), str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"worker exited with {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for n_vectors in (1, 3):
+        ref = ranks[0][n_vectors]
+        mean_loss = torch.stack([r[n_vectors]["loss"] for r in ranks]).mean()
+        torch.testing.assert_close(mean_loss, ref["ref_loss"], atol=1e-6, rtol=0)
+        for r in ranks:
+            torch.testing.assert_close(r[n_vectors]["recall"], ref["ref_recall"])
+            for name, grad in ref["ref_grads"].items():
+                assert grad.abs().max() > 1e-3, name  # a zero gradient would pass trivially
+                assert (r[n_vectors]["grads"][name] - grad).abs().max() <= 1e-5, (n_vectors, name)
+    for r in ranks:
+        assert "same shape on every rank" in r["ragged_error"]
