@@ -458,7 +458,9 @@ class Ret2Model(Ret2PreTrainedModel):
             doc_embeds = self.encode_documents(
                 doc_input_ids, doc_attention_mask, doc_pixel_values, doc_text_mask, doc_vision_mask
             )
-        return Ret2Output(query_embeds=query_embeds, doc_embeds=doc_embeds, logit_scale=self.logit_scale)
+        # A view, not the parameter itself: DDP (find_unused_parameters=True) finds the parameters a step used by
+        # walking the outputs' autograd graph, and a bare leaf parameter has none.
+        return Ret2Output(query_embeds=query_embeds, doc_embeds=doc_embeds, logit_scale=self.logit_scale.view(()))
 
 
 def _presence(
