@@ -331,8 +331,9 @@ _CANDIDATES = _Schema({"did": _STRING, "txt": _STRING, "img_path": _STRING, "mod
                       _candidate_rules, "did")
 
 
-def _line_number(path: str, index: int) -> int:
-    """1-based line of the `index`-th record: the JSON reader skips blank lines. Only run on errors."""
+def record_line(path: str | Path, index: int) -> int:
+    """1-based line of the `index`-th (0-based) record of a JSON-lines file: readers skip blank lines. A scan of the
+    file: run it on errors only."""
     line_no = 0
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -387,7 +388,7 @@ def _validate(table: pa.Table, path: str, offset: int, schema: _Schema) -> None:
     for name, arrow_type in schema.fields.items():
         if name not in table.column_names:
             raise ValueError(
-                f"{path}:{_line_number(path, offset)}: field {name!r} is missing (required: {list(schema.fields)})"
+                f"{path}:{record_line(path, offset)}: field {name!r} is missing (required: {list(schema.fields)})"
             )
         try:  # all-null columns come typed null, mixed ones as JSON: give each column its M-BEIR type
             table = table.set_column(table.column_names.index(name), name, table[name].cast(arrow_type))
@@ -401,7 +402,7 @@ def _validate(table: pa.Table, path: str, offset: int, schema: _Schema) -> None:
     if describe is not None:
         record = table.slice(first, 1).to_pylist()[0]
         raise ValueError(
-            f"{path}:{_line_number(path, offset + first)}: {describe(record)} (record {record[schema.id_field]!r})"
+            f"{path}:{record_line(path, offset + first)}: {describe(record)} (record {record[schema.id_field]!r})"
         )
 
 

@@ -1,0 +1,221 @@
+"""M-BEIR evaluation with UniIR's protocol: the 16 test query files against their local pools and/or the global pool.
+
+    python -m eval.mbeir --model M --data-root R --pool both --output-dir out
+    torchrun --nproc_per_node 8 -m eval.mbeir --model M --data-root R --pool both --output-dir out --dtype bfloat16
+
+Local: each query file against its own local pool. Global: every query file against the union of the 16 local pools
+(no filtering), made of the local pools' cached embeddings, so nothing is encoded twice; when
+`cand_pool/global/mbeir_union_test_cand_pool.jsonl` exists it must hold exactly those candidates. Queries get the
+prompt_1 instruction of their (dataset, query modality, candidate modality) from `instructions/query_instructions.tsv`
+(or the built-in table), or a seeded random prompt with `--random-instruction`. Positives come from the qrels, whose
+dids must all be in the global pool.
+
+Writes to `--output-dir`: `runs/<pool>/<query file>.trec` (TREC run files), `results.json` (fractions in [0, 1]) and
+`results.md` (UniIR's table, also printed). "recall@k" is UniIR's hit rate: 1 if any positive is in the top k.
+Under `torchrun` every rank encodes its share of each pool; rank 0 then searches and scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .encode import Embeddings, Encoder, Item, Pool, add_common_arguments, configure_logging, finish, main_first
+from .mbeir_format import (
+    DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
+    load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries, record_line,
+)
+from .metrics import compute_retrieval_metrics
+from .search import search, write_report, write_trec
+
+logger = logging.getLogger(__name__)
+
+POOLS = ("local", "global", "both")
+_EXTRA = ("mrr@10", "ndcg@10")  # reported beside UniIR's recall@k
+
+
+def select_rows(names: Sequence[str] | None) -> list[EvalRow]:
+    """The rows named by query stem (`mbeir_webqa_task1_test`), short stem (`webqa_task1`) or label
+    (`WebQA (t->t)`), case-insensitive, in table order; all 16 for None."""
+    if not names:
+        return list(EVAL_ROWS)
+    short = {row: row.query_stem.removeprefix("mbeir_").removesuffix("_test") for row in EVAL_ROWS}
+    keys = {key: row for row in EVAL_ROWS for key in (row.query_stem, short[row], row.label.lower())}
+    unknown = [n for n in names if n.lower() not in keys]
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; valid: {list(short.values())} (or query stems, or labels)")
+    chosen = {keys[n.lower()] for n in names}
+    return [row for row in EVAL_ROWS if row in chosen]
+
+
+class _Candidates:
+    """`ItemLoader` over a candidate pool read with `read_candidates`: columns are read by slice."""
+
+    def __init__(self, dataset, path: Path):
+        self.dataset, self.path = dataset, str(path)
+
+    def __call__(self, start: int, stop: int) -> list[Item]:
+        rows = self.dataset[start:stop]
+        return [
+            Item(did, candidate_text({"txt": txt}) or None, img, self.path, start + i)
+            for i, (did, txt, img) in enumerate(zip(rows["did"], rows["txt"], rows["img_path"]))
+        ]
+
+
+def candidate_pool(row: EvalRow, root: Path, cache_dir: Path) -> Pool:
+    """The local pool of a row, read (and validated) with `datasets`; its Arrow copy goes under `cache_dir`."""
+    path = row.pool_path(root)
+    dataset = read_candidates(path, cache_dir=str(cache_dir / "datasets"))
+    return Pool(row.pool_stem, dataset["did"], _Candidates(dataset, path), (path,))
+
+
+def check_global_pool(path: Path, union_ids: list[str], cache_dir: Path) -> None:
+    """ValueError unless the global pool file holds exactly the candidates of the 16 local pools (any order)."""
+    global_ids = read_candidates(path, cache_dir=str(cache_dir / "datasets"))["did"]
+    if global_ids == union_ids:
+        return
+    only_global, only_local = set(global_ids) - set(union_ids), set(union_ids) - set(global_ids)
+    if only_global or only_local or len(global_ids) != len(union_ids):
+        raise ValueError(
+            f"{path} is not the union of the 16 local pools, which this evaluation searches: it has "
+            f"{len(global_ids)} candidates against {len(union_ids)}, {len(only_global)} dids absent from the local pools "
+            f"(e.g. {sorted(only_global)[:3]}), and lacks {len(only_local)} of theirs (e.g. {sorted(only_local)[:3]})"
+        )
+    logger.info("%s holds the local pools' candidates in another order; searching the union of the local pools", path)
+
+
+def read_row_queries(
+    row: EvalRow, root: Path, instructions: dict, rng: random.Random | None, cache_dir: Path, pool_dids: set[str]
+) -> tuple[list[Item], list[set[str]]]:
+    """The queries of a row as items (instruction + text, image) and their positive dids from the qrels, checked
+    against `pool_dids` (the global pool's)."""
+    path, qrels_path = row.query_path(root), row.qrels_path(root)
+    qrels = read_qrels(qrels_path)
+    check_qrels(qrels, pool_dids, qrels_path)
+    items, positives = [], []
+    for i, record in enumerate(read_queries(path, cache_dir=str(cache_dir / "datasets"))):
+        if record["qid"] not in qrels:
+            raise ValueError(f"{path}:{record_line(path, i)}: query {record['qid']!r} has no positive in {qrels_path}")
+        text = query_text(record, query_instruction(record, instructions, rng))
+        items.append(Item(record["qid"], text, record["query_img_path"], str(path), i))
+        positives.append(qrels[record["qid"]])
+    return items, positives
+
+
+def _score_row(
+    row: EvalRow, items: list[Item], positives: list[set[str]], scores: np.ndarray, indices: np.ndarray,
+    doc_ids: list[str], run_path: Path, run_id: str,
+) -> dict[str, float]:  # fmt: skip
+    ranked = [[doc_ids[i] for i in ranking] for ranking in indices.tolist()]
+    metrics = compute_retrieval_metrics(ranked, positives, ks=sorted(set(row.ks) | {10}))
+    write_trec(run_path, [item.id for item in items], doc_ids, indices, scores, run_id)
+    return {**{f"recall@{k}": metrics[f"recall@{k}"] for k in row.ks}, **{name: metrics[name] for name in _EXTRA}}
+
+
+def results_table(rows: Sequence[EvalRow], results: dict[str, dict]) -> str:
+    """UniIR's layout: one line per row (label, task, primary metric, local, global) and the average, scores x 100."""
+    pools = [p for p in ("local", "global") if p in results]
+    lines = ["| Row | Task | Metric | " + " | ".join(p.capitalize() for p in pools) + " |",
+             "|---|---|---|" + "---:|" * len(pools)]
+    for row in rows:
+        cells = [f"{100 * results[p][row.query_stem][f'recall@{row.primary_k}']:.1f}" for p in pools]
+        lines.append(f"| {row.label} | {row.task_id} | R@{row.primary_k} | " + " | ".join(cells) + " |")
+    lines.append("| **Average** | | | " + " | ".join(f"**{100 * results[p]['average']:.1f}**" for p in pools) + " |")
+    scope = "the 16 rows (UniIR's headline number)" if len(rows) == len(EVAL_ROWS) else f"these {len(rows)} rows only"
+    return "\n".join(lines) + (
+        "\n\nR@k is UniIR's \"Recall@k\", a hit rate: a query scores 1 if any positive is among its top k candidates. "
+        f"Scores x 100; the average is the plain mean of the primary metric over {scope}.\n"
+    )
+
+
+def evaluate(args: argparse.Namespace, model: tuple[torch.nn.Module, object] | None = None) -> dict | None:
+    """Run the evaluation described by the parsed CLI arguments; the results on rank 0, None on the other ranks.
+    `model`: an in-memory (model, processor) pair instead of loading `args.model` (see `Encoder.from_args`)."""
+    root = Path(args.data_root)
+    rows = select_rows(args.tasks)
+    pools = ["local", "global"] if args.pool == "both" else [args.pool]
+    if args.k is not None and args.k < max(k for row in rows for k in row.ks):
+        raise ValueError(f"--k {args.k} is below the largest reported K of these rows, {max(max(r.ks) for r in rows)}")
+
+    def depth(row: EvalRow) -> int:
+        return args.k or max(row.ks)
+
+    instructions_path = args.instructions or (root / INSTRUCTIONS if (root / INSTRUCTIONS).exists() else None)
+    instructions = load_instructions(instructions_path) if instructions_path else DEFAULT_INSTRUCTIONS
+    rng = random.Random(args.seed) if args.random_instruction else None
+
+    encoder = Encoder.from_args(args, model)
+    job = encoder.job
+    try:
+        to_encode = EVAL_ROWS if "global" in pools else rows
+        with main_first(job):  # rank 0 reads and checks every input before hours of encoding start
+            # Rank 0 needs every pool's dids (the qrels are checked against the global pool); the others what they encode.
+            candidates = {row.pool_stem: candidate_pool(row, root, args.cache_dir)
+                          for row in (EVAL_ROWS if job.is_main else to_encode)}
+            if job.is_main:
+                union_ids = [did for row in EVAL_ROWS for did in candidates[row.pool_stem].ids]
+                if "global" in pools and (root / GLOBAL_POOL).exists():
+                    check_global_pool(root / GLOBAL_POOL, union_ids, args.cache_dir)
+                pool_dids = set(union_ids)
+                queries = {row: read_row_queries(row, root, instructions, rng, args.cache_dir, pool_dids) for row in rows}
+        embeddings = encoder.pools([candidates[row.pool_stem] for row in to_encode], root)
+        if embeddings is None:
+            return None
+        query_embeddings = {row: encoder.queries(queries[row][0], root, f"queries {row.query_stem}") for row in rows}
+
+        run_name = Path(str(args.model).rstrip("/")).name
+        results: dict[str, dict] = {}
+        for pool in pools:
+            if pool == "local":
+                hits = {row: search(query_embeddings[row], embeddings[row.pool_stem].shards, depth(row),
+                                    args.search_backend, encoder.device) for row in rows}
+                doc_ids = {row: embeddings[row.pool_stem].ids for row in rows}
+            else:  # one pass over the union for the queries of every row, split back by row
+                union = Embeddings.concat([embeddings[row.pool_stem] for row in EVAL_ROWS])
+                scores, indices = search(np.concatenate([query_embeddings[row] for row in rows]), union.shards,
+                                         max(depth(row) for row in rows), args.search_backend, encoder.device)
+                bounds = np.cumsum([0] + [len(query_embeddings[row]) for row in rows])
+                hits = {row: (scores[a:b, : depth(row)], indices[a:b, : depth(row)])
+                        for row, a, b in zip(rows, bounds[:-1], bounds[1:])}
+                doc_ids = dict.fromkeys(rows, union.ids)
+            results[pool] = {
+                row.query_stem: _score_row(row, *queries[row], *hits[row], doc_ids[row],
+                                           args.output_dir / "runs" / pool / f"{row.query_stem}.trec", f"{run_name}-{pool}")
+                for row in rows
+            }
+            results[pool]["average"] = float(np.mean([results[pool][r.query_stem][f"recall@{r.primary_k}"] for r in rows]))
+        table = results_table(rows, results)
+        write_report(args.output_dir, results, table)
+        print(table)
+        return results
+    finally:
+        finish(job)
+
+
+def main(argv: list[str] | None = None, model: tuple[torch.nn.Module, object] | None = None) -> dict | None:
+    """CLI entry point; see the module docstring and `python -m eval.mbeir --help`."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_arguments(parser)
+    parser.add_argument("--data-root", required=True, help="M-BEIR root (query/, cand_pool/, qrels/, mbeir_images/)")
+    parser.add_argument("--split", default="test", choices=["test"], help="M-BEIR's evaluation table is on test")
+    parser.add_argument("--pool", default="both", choices=list(POOLS))
+    parser.add_argument("--tasks", nargs="+", help="rows to evaluate, e.g. webqa_task1 cirr_task7 (default: all 16)")
+    parser.add_argument("--instructions", type=Path,
+                        help="query_instructions.tsv (default: DATA_ROOT/instructions/query_instructions.tsv if it "
+                             "exists, else the built-in prompt_1 table)")
+    parser.add_argument("--random-instruction", action="store_true", help="draw one prompt per query (seeded), as UniIR")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, help="results per query (default: the row's largest reported K, 10 or 50)")
+    args = parser.parse_args(argv)
+    configure_logging()
+    return evaluate(args, model)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""End-to-end runs of `eval.mbeir` and `eval.m2kr` on synthetic data with tiny saved models, and the embedding cache."""
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eval import encode, mbeir, m2kr
+from eval.encode import Embeddings, cache_folder, encode_items, encode_pool, load_pool, model_fingerprint
+from eval.mbeir_format import EVAL_ROWS, GLOBAL_POOL, load_instructions, read_json_lines
+from eval.synthetic import generate_mbeir
+from training.tiny import tiny_model_and_processor, words_of
+
+ROWS = {row.query_stem: row for row in EVAL_ROWS}
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory) -> Path:
+    """Synthetic M-BEIR (16 rows, 4 queries and 16 candidates each) with a ReT-M2KR copy under `m2kr/`."""
+    return generate_mbeir(tmp_path_factory.mktemp("mbeir"), n_per_task=4, pool_size=16, n_train_per_task=1)
+
+
+def save_tiny(folder: Path, data: Path, **config) -> Path:
+    """A tiny model over the words of the data, saved with its processor (loadable by AutoModel / AutoProcessor).
+
+    The gate priors make the state follow the inputs: at random init the latent tokens dominate and all embeddings
+    have cosine > 0.9997, where float rounding (which changes with the batch shape) would reorder candidates. A trained
+    model spreads its embeddings; so do these priors.
+    """
+    texts = [p.read_text() for p in data.rglob("*") if p.suffix in (".jsonl", ".tsv")]
+    model, processor = tiny_model_and_processor(
+        words_of(texts), seed=0, forget_gate_bias_prior=-4.0, input_gate_bias_prior=4.0, **config
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def model_dir(data, tmp_path_factory) -> Path:
+    return save_tiny(tmp_path_factory.mktemp("model") / "ret2-tiny", data)
+
+
+def run_mbeir(model_dir: Path, data: Path, out: Path, *extra: str) -> dict:
+    return mbeir.main(["--model", str(model_dir), "--data-root", str(data), "--output-dir", str(out),
+                       "--device", "cpu", "--num-workers", "0", "--shard-size", "5", *extra])
+
+
+@pytest.fixture(scope="session")
+def mbeir_run(model_dir, data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("mbeir_run")
+    run_mbeir(model_dir, data, out, "--pool", "both", "--batch-size", "4")
+    return out
+
+
+def trec_rankings(path: Path) -> list[tuple[str, str, int]]:
+    return [(qid, did, int(rank)) for qid, _, did, rank, _, _ in (line.split() for line in path.read_text().splitlines())]
+
+
+def test_mbeir_outputs(mbeir_run, data):
+    results = json.loads((mbeir_run / "results.json").read_text())
+    assert set(results) == {"local", "global"}
+    for pool, rows in results.items():
+        assert set(rows) == set(ROWS) | {"average"}
+        for stem, metrics in ((s, m) for s, m in rows.items() if s != "average"):
+            assert list(metrics) == [f"recall@{k}" for k in ROWS[stem].ks] + ["mrr@10", "ndcg@10"]
+            assert all(0.0 <= v <= 1.0 for v in metrics.values())
+        primary = [rows[s][f"recall@{r.primary_k}"] for s, r in ROWS.items()]
+        assert rows["average"] == pytest.approx(np.mean(primary))
+    table = (mbeir_run / "results.md").read_text()
+    assert table.count("\n| ") == 17 and "| WebQA (t->t) | 1 | R@5 |" in table and "hit rate" in table
+
+    for pool, k in (("local", None), ("global", None)):
+        for stem, row in ROWS.items():
+            lines = [line.split() for line in (mbeir_run / "runs" / pool / f"{stem}.trec").read_text().splitlines()]
+            qids = [r["qid"] for _, r in read_json_lines(row.query_path(data))]
+            depth = min(max(row.ks), 16 if pool == "local" else 16 * 16)
+            assert len(lines) == len(qids) * depth and all(len(line) == 6 and line[1] == "Q0" for line in lines)
+            assert [line[0] for line in lines[::depth]] == qids
+            assert [int(line[3]) for line in lines[:depth]] == list(range(1, depth + 1))
+            assert lines[0][5] == f"ret2-tiny-{pool}"
+            scores = [float(line[4]) for line in lines[:depth]]
+            assert scores == sorted(scores, reverse=True)
+
+
+def test_batch_size_does_not_change_results(mbeir_run, model_dir, data, tmp_path):
+    """Another batch size (and its own cache) gives the same metrics and the same rankings."""
+    run_mbeir(model_dir, data, tmp_path, "--pool", "both", "--batch-size", "7")
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads((mbeir_run / "results.json").read_text())
+    for run in sorted((mbeir_run / "runs").rglob("*.trec")):
+        assert trec_rankings(tmp_path / run.relative_to(mbeir_run)) == trec_rankings(run), run.name
+
+
+def test_global_pool_is_the_union_of_the_local_caches(mbeir_run, model_dir, data):
+    """Only the 16 local pools are encoded; a global ranking is the exact ranking over their concatenation."""
+    cache = mbeir_run / "cache"
+    assert sorted(p.name for p in cache.iterdir() if p.name != "datasets") == sorted(r.pool_stem for r in EVAL_ROWS)
+    model, processor = encode.load_model_and_processor(str(model_dir))
+    pools = [mbeir.candidate_pool(row, data, cache) for row in EVAL_ROWS]
+    fingerprint = model_fingerprint(str(model_dir))
+    union = Embeddings.concat([load_pool(p, cache_folder(cache, p, fingerprint, torch.float32, 5), 5) for p in pools])
+    row = ROWS["mbeir_oven_task8_test"]
+    items, _ = mbeir.read_row_queries(row, data, load_instructions(data / "instructions/query_instructions.tsv"),
+                                      None, cache, set(union.ids))
+    queries = encode_items(model, processor, items, data, batch_size=4)
+    scores = torch.from_numpy(queries).double() @ torch.from_numpy(np.concatenate(union.shards)).double().T
+    expected = scores.sort(dim=1, descending=True, stable=True).indices[:, : max(row.ks)]
+    ranked = [did for _, did, _ in trec_rankings(mbeir_run / "runs" / "global" / f"{row.query_stem}.trec")]
+    assert ranked == [union.ids[i] for i in expected.flatten().tolist()]
+
+
+def test_global_pool_file_must_be_the_union(model_dir, data, tmp_path):
+    root = shutil.copytree(data, tmp_path / "data", ignore=shutil.ignore_patterns("mbeir_images", "m2kr"))
+    path = root / GLOBAL_POOL
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[1:]))
+    with pytest.raises(ValueError, match=r"mbeir_union_test_cand_pool.jsonl is not the union .* lacks 1 "):
+        run_mbeir(model_dir, root, tmp_path / "out", "--pool", "global", "--tasks", "webqa_task1")
+
+
+def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path):
+    """An encoding killed after 2 shards resumes with the others only and ends with the same bytes."""
+    model, processor = encode.load_model_and_processor(str(model_dir))
+    pool = mbeir.candidate_pool(ROWS["mbeir_cirr_task7_test"], data, tmp_path)  # 16 candidates: shards of 3 -> 6
+    fingerprint = model_fingerprint(str(model_dir))
+
+    def folder(name):
+        return cache_folder(tmp_path / name, pool, fingerprint, torch.float32, 3)
+
+    encode_pool(model, processor, pool, folder("full"), data, batch_size=2, shard_size=3)
+    written = []
+
+    def crash_after_two(shard):
+        written.append(shard)
+        if len(written) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3, on_shard=crash_after_two)
+    written.clear()
+    encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3, on_shard=written.append)
+    assert written == [2, 3, 4, 5]
+    full, resumed = load_pool(pool, folder("full"), 3), load_pool(pool, folder("resumed"), 3)
+    assert resumed.ids == full.ids == pool.ids
+    np.testing.assert_array_equal(np.concatenate(resumed.shards), np.concatenate(full.shards))
+    assert np.concatenate(full.shards).dtype == np.float16
+
+
+def test_sharded_ranks_fill_the_same_cache(model_dir, data, tmp_path):
+    """Ranks 0 and 1 of 2 write disjoint contiguous shards that together equal one process's cache."""
+    model, processor = encode.load_model_and_processor(str(model_dir))
+    pool = mbeir.candidate_pool(ROWS["mbeir_webqa_task1_test"], data, tmp_path)
+    fingerprint = model_fingerprint(str(model_dir))
+    alone, split = (cache_folder(tmp_path / name, pool, fingerprint, torch.float32, 3) for name in ("alone", "split"))
+    encode_pool(model, processor, pool, alone, data, batch_size=3, shard_size=3)
+    by_rank = {0: [], 1: []}
+    for rank in (0, 1):
+        encode_pool(model, processor, pool, split, data, batch_size=3, shard_size=3, rank=rank, world_size=2,
+                    on_shard=by_rank[rank].append)
+    assert by_rank == {0: [0, 1, 2], 1: [3, 4, 5]}
+    np.testing.assert_array_equal(np.concatenate(load_pool(pool, split, 3).shards),
+                                  np.concatenate(load_pool(pool, alone, 3).shards))
+
+
+def test_model_fingerprint_follows_content(model_dir, tmp_path):
+    copy = shutil.copytree(model_dir, tmp_path / "copy")
+    assert model_fingerprint(str(copy)) == model_fingerprint(str(model_dir))
+    (copy / "config.json").write_text((copy / "config.json").read_text().replace('"dropout"', '"dropout" ', 1))
+    assert model_fingerprint(str(copy)) != model_fingerprint(str(model_dir))
+
+
+def test_multi_vector_model_end_to_end(data, tmp_path):
+    """A late-interaction model (pooling="none") runs both pools; its cache holds (n, K, D) shards."""
+    folder = save_tiny(tmp_path / "ret1-tiny", data, pooling="none")
+    results = run_mbeir(folder, data, tmp_path / "out", "--pool", "both", "--batch-size", "8",
+                        "--tasks", "webqa_task1", "OVEN ((i,t)->(i,t))")
+    assert set(results["local"]) == set(results["global"]) == {"mbeir_webqa_task1_test", "mbeir_oven_task8_test", "average"}
+    shard = np.load(next((tmp_path / "out" / "cache" / "mbeir_webqa_task1_cand_pool").rglob("shard-00000.npy")))
+    assert shard.shape == (5, 8, 32) and shard.dtype == np.float16
+    top_score = float((tmp_path / "out" / "runs" / "local" / "mbeir_webqa_task1_test.trec").read_text().split()[4])
+    assert 1.0 < top_score <= 8.0 + 1e-2  # a sum over the 8 query tokens of cosines
+
+
+def test_m2kr_end_to_end(model_dir, data, tmp_path):
+    results = m2kr.main(["--model", str(model_dir), "--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path),
+                         "--device", "cpu", "--num-workers", "1", "--batch-size", "6"])
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+    assert {name: list(metrics) for name, metrics in results.items()} == {
+        "OVEN": ["recall@5"], "InfoSeek": ["recall@5", "pseudo_recall@5"], "E-VQA": ["recall@5", "pseudo_recall@5"],
+    }
+    assert "| InfoSeek |" in (tmp_path / "results.md").read_text()
+    lines = [line.split() for line in (tmp_path / "runs" / "evqa.trec").read_text().splitlines()]
+    assert len(lines) == 4 * 5 and all(len(line) == 6 and line[1] == "Q0" for line in lines)
+    assert [int(line[3]) for line in lines[:5]] == [1, 2, 3, 4, 5]
+
+
+def test_missing_image_names_file_line_and_path(model_dir, data, tmp_path):
+    root = shutil.copytree(data, tmp_path / "data", ignore=shutil.ignore_patterns("m2kr"))
+    pool = ROWS["mbeir_nights_task4_test"].pool_path(root)
+    line_no, record = list(read_json_lines(pool))[2]
+    (root / record["img_path"]).unlink()
+    with pytest.raises(FileNotFoundError) as error:  # raised in a DataLoader worker, re-raised here
+        mbeir.main(["--model", str(model_dir), "--data-root", str(root), "--output-dir", str(tmp_path / "out"),
+                    "--device", "cpu", "--num-workers", "1", "--pool", "local", "--tasks", "nights_task4"])
+    assert f"{pool}:{line_no}" in str(error.value) and record["img_path"] in str(error.value)
+
+
+def test_malformed_record_names_file_and_line(model_dir, data, tmp_path):
+    root = shutil.copytree(data, tmp_path / "data", ignore=shutil.ignore_patterns("mbeir_images", "m2kr"))
+    queries = ROWS["mbeir_webqa_task1_test"].query_path(root)
+    lines = queries.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace('"query_modality": "text"', '"query_modality": "video"')
+    queries.write_text("".join(lines))
+    with pytest.raises(ValueError, match=rf"{queries}:3: query_modality 'video'"):
+        run_mbeir(model_dir, root, tmp_path / "out", "--pool", "local", "--tasks", "webqa_task1")
+
+
+def test_unknown_task_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown task\(s\) \['webqa_task9'\]; valid: \['visualnews_task0'"):
+        mbeir.select_rows(["webqa_task9"])
+    assert [r.query_stem for r in mbeir.select_rows(["CIRR ((i,t)->i)", "mbeir_webqa_task1_test", "nights_task4"])] == [
+        "mbeir_webqa_task1_test", "mbeir_nights_task4_test", "mbeir_cirr_task7_test"]
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(mbeir_run, model_dir, data, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo, CPU): each rank encodes half of every pool; rank 0 scores. Same results."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "eval.mbeir", "--model", str(model_dir), "--data-root", str(data), "--output-dir", str(tmp_path),
+               "--device", "cpu", "--num-workers", "0", "--shard-size", "5", "--pool", "both", "--batch-size", "4"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads((mbeir_run / "results.json").read_text())
+    for run in sorted((mbeir_run / "runs").rglob("*.trec")):
+        assert (tmp_path / run.relative_to(mbeir_run)).read_text() == run.read_text(), run.name
+
+
+def test_instructions_prompt_1_or_seeded_random(data, tmp_path):
+    """prompt_1 by default; `--random-instruction` draws among the TSV's prompts, the same ones for the same seed."""
+    row, table = ROWS["mbeir_webqa_task1_test"], load_instructions(data / "instructions/query_instructions.tsv")
+    dids = {c["did"] for r in EVAL_ROWS for _, c in read_json_lines(r.pool_path(data))}
+
+    def texts(rng):
+        return [item.text for item in mbeir.read_row_queries(row, data, table, rng, tmp_path, dids)[0]]
+
+    assert all(t.startswith("Retrieve passages from Wikipedia that provide answers") for t in texts(None))
+    drawn = texts(random.Random(3))
+    assert drawn == texts(random.Random(3)) and drawn != texts(None)

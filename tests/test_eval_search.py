@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from eval import search as search_module
+from eval.search import search, write_trec
+from modeling_ret2 import Ret2Model
+
+
+def unit_fp16(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(shape, generator=g), dim=-1).half().numpy()
+
+
+def exact_ranking(queries: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
+    """Reference: float64 scores (`Ret2Model.similarity`), best first, ties to the lower index."""
+    scores = Ret2Model.similarity(torch.from_numpy(queries).double(), torch.from_numpy(docs).double())
+    return scores.sort(dim=1, descending=True, stable=True).indices[:, :k].numpy()
+
+
+def split(docs: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(docs, np.cumsum(sizes)[:-1])
+
+
+@pytest.fixture(scope="module")
+def single():
+    """Queries and a pool of 300 fp16 unit vectors in which docs 0-9 repeat as 200-209 (exact ties)."""
+    docs = unit_fp16((300, 16), seed=0)
+    docs[200:210] = docs[:10]
+    queries = np.concatenate([unit_fp16((20, 16), seed=1), docs[:5]])  # the last 5 queries tie at the top
+    return queries, docs
+
+
+def test_faiss_and_torch_give_the_same_exact_ranking(single):
+    """Both backends, whatever the sharding, return the float64 ranking with ties broken towards the lower index."""
+    queries, docs = single
+    expected = exact_ranking(queries, docs, 12)
+    for backend in ("faiss", "torch"):
+        for sizes in ([300], [7, 93, 200], [150, 1, 149]):
+            scores, indices = search(queries, split(docs, sizes), 12, backend=backend)
+            np.testing.assert_array_equal(indices, expected, err_msg=f"{backend} {sizes}")
+            assert (np.diff(scores, axis=1) <= 0).all()
+    _, indices = search(queries, [docs], 12)
+    assert indices[-1][0] == 4 and indices[-1][1] == 204  # a query equal to doc 4 = doc 204: lower index first
+
+
+def test_scan_chunks_do_not_change_results(single, monkeypatch):
+    """A scan over many tiny chunks (the memory bound at work) returns the same ranking."""
+    queries, docs = single
+    expected = search(queries, [docs], 10, backend="torch")
+    monkeypatch.setattr(search_module, "_BLOCK", 64)
+    for backend in ("faiss", "torch"):
+        scores, indices = search(queries, [docs], 10, backend=backend)
+        np.testing.assert_array_equal(indices, expected[1])
+        np.testing.assert_array_equal(scores, expected[0])
+
+
+def test_multi_vector_late_interaction():
+    queries, docs = unit_fp16((6, 4, 8), seed=2), unit_fp16((50, 5, 8), seed=3)
+    scores, indices = search(queries, split(docs, [20, 30]), 7)
+    np.testing.assert_array_equal(indices, exact_ranking(queries, docs, 7))
+    reference = Ret2Model.similarity(torch.from_numpy(queries).float(), torch.from_numpy(docs).float())
+    np.testing.assert_allclose(scores, reference.gather(1, torch.from_numpy(indices)).numpy(), rtol=1e-5)
+
+
+def test_search_without_faiss_falls_back_to_torch(single, monkeypatch):
+    queries, docs = single
+    expected = search(queries, [docs], 5, backend="faiss")[1]
+    monkeypatch.setattr(search_module, "_faiss", lambda: None)
+    np.testing.assert_array_equal(search(queries, [docs], 5)[1], expected)
+    with pytest.raises(ValueError, match="needs faiss"):
+        search(queries, [docs], 5, backend="faiss")
+
+
+def test_k_is_capped_by_the_pool_and_errors(single):
+    queries, docs = single
+    scores, indices = search(queries, [docs[:3]], 10)
+    assert indices.shape == scores.shape == (len(queries), 3)
+    with pytest.raises(ValueError, match="same D"):
+        search(queries[:, :8], [docs], 5)
+    with pytest.raises(ValueError, match="single vectors only"):
+        search(unit_fp16((2, 3, 16), 0), [unit_fp16((5, 3, 16), 1)], 2, backend="faiss")
+    with pytest.raises(ValueError, match="not one of"):
+        search(queries, [docs], 5, backend="annoy")
+
+
+def test_write_trec(tmp_path):
+    path = tmp_path / "run.trec"
+    write_trec(path, ["q1", "q2"], ["d0", "d1", "d2"], np.array([[2, 0], [1, 2]]), np.array([[0.9, 0.5], [0.7, 0.1]]), "r")
+    assert path.read_text().splitlines() == [
+        "q1 Q0 d2 1 0.900000 r", "q1 Q0 d0 2 0.500000 r", "q2 Q0 d1 1 0.700000 r", "q2 Q0 d2 2 0.100000 r",
+    ]
