@@ -85,7 +85,12 @@ def tiny_config(
         patch_size=patch_size,
         projection_dim=width,
     )
-    defaults = dict(hidden_size=2 * width, num_latent_tokens=8, num_attention_heads=2, embedding_dim=width)
+    # The cell's linears start at std 1/sqrt(width), the scale the default 0.02 has at width 1024: at the tiny width
+    # 0.02 leaves the attended modalities so faint that every item starts at the same embedding and trains slowly.
+    defaults = dict(
+        hidden_size=2 * width, num_latent_tokens=8, num_attention_heads=2, embedding_dim=width,
+        initializer_range=(2 * width) ** -0.5,
+    )  # fmt: skip
     return Ret2Config(text_config=text_config, vision_config=vision_config, **{**defaults, **ret2_kwargs})
 
 
