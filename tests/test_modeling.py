@@ -172,6 +172,33 @@ def test_gradient_checkpointing_gives_same_gradients(mixed_batch):
         torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_frozen_towers_are_not_recomputed_under_checkpointing(mixed_batch):
+    """Activation checkpointing makes the towers' input embeddings require grad (for PEFT); frozen towers must still
+    run without a graph: same gradients as without checkpointing, and no tower block re-run in the backward."""
+    model, processor = tiny_model_and_processor(
+        WORDS, seed=2, dropout=0.0, attention_dropout=0.0, freeze_text_tower=True, freeze_vision_tower=True
+    )
+    model.train()
+    inputs = processor(text=mixed_batch[0], images=mixed_batch[1], return_tensors="pt")
+    calls = []  # a block's submodule runs again when the backward recomputes the block
+    model.vision_model.encoder.layers[0].mlp.register_forward_hook(lambda m, i, o: calls.append("mlp"))
+    model.vision_model.register_forward_hook(lambda m, i, o: calls.append(o.last_hidden_state.requires_grad))
+
+    def grads():
+        model.zero_grad()
+        calls.clear()
+        model.encode_queries(**inputs).sum().backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.activation_checkpointing_enable()
+    checkpointed = grads()
+    assert calls == ["mlp", False]  # the tower ran once, without a graph: nothing to recompute
+    assert plain.keys() == checkpointed.keys() and not any(n.startswith(("text_model", "vision_model")) for n in plain)
+    for name in plain:
+        torch.testing.assert_close(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5, msg=name)
+
+
 def test_frozen_towers_get_no_gradients(mixed_batch):
     model, processor = tiny_model_and_processor(WORDS, freeze_text_tower=True, freeze_vision_tower=True)
     inputs = processor(text=mixed_batch[0], images=mixed_batch[1], return_tensors="pt")

@@ -85,13 +85,15 @@ def test_compute_loss_is_the_loss_of_separately_encoded_sides(root, cache, tmp_p
 
 
 def test_cli_trains_evaluates_and_saves_loadable_checkpoints(root, cache, tmp_path):
-    """40 steps of the CLI: the loss falls well below its start (log 16), evaluation reports loss and in-batch
+    """40 steps of the CLI: the loss falls well below its start (about log 16), evaluation reports loss and in-batch
     recall@1, and checkpoint and final folder load through AutoModel with the processor beside them."""
     out = tmp_path / "run"
     trainer = main(cli_args(root, cache, out, "--max_steps", "40", "--learning_rate", "1e-3", "--save_steps", "20",
                             "--dataloader_drop_last", "true", "--eval_fraction", "0.25"))
     losses = list(logged_losses(trainer).values())
-    assert len(losses) == 40 and abs(losses[0] - torch.log(torch.tensor(16.0)).item()) < 0.05
+    # a random model over 16 in-batch candidates starts near log 16 = 2.77 (exactly there only if every embedding
+    # coincides; the tiny models start with spread-out embeddings)
+    assert len(losses) == 40 and 2.0 < losses[0] < 4.5, losses[0]
     first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
     assert last < first - 0.4, losses
     metrics = json.loads((out / "eval_results.json").read_text())
