@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from eval.mbeir_format import (
     EVAL_ROWS, INSTRUCTIONS, ImageLoader, candidate_text, load_instructions, query_instruction, query_text,
     read_candidates, read_qrels, read_queries,
 )  # fmt: skip
-from eval.metrics import compute_retrieval_metrics
+from eval.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from eval.synthetic import generate_mbeir
 from training.train import DataArguments, ModelArguments, build_datasets, load_model_and_processor, main as train
 
@@ -78,7 +77,7 @@ def chance_per_row(root: Path, cache_dir: str) -> dict[str, float]:
         n, hits = len(dids), []
         for positives in read_qrels(row.qrels_path(root)).values():
             p = len(positives & dids)
-            hits.append(1 - math.comb(n - p, K) / math.comb(n, K))
+            hits.append(chance_hit_rate_at_k(n, p, K))
         chance[row.label] = sum(hits) / len(hits)
     return chance
 

@@ -166,7 +166,7 @@ def ret1_config_to_ret2(ret1_config: dict) -> Ret2Config:
     )
 
 
-def _ret1_source(key: str) -> tuple[str, int | None]:
+def ret1_source_of(key: str) -> tuple[str, int | None]:
     """The ReT-1 tensor a `Ret2Model` state-dict key is read from, and which third of it (q, k, v) if it is split."""
     if key.startswith(("text_model.", "vision_model.")):
         # Towers live once, under `query_model.`, in the older nested HF layout: `text_model.text_model.<key>`.
@@ -237,7 +237,7 @@ def _load_ret1_weights(model: Ret2Model, folder: Path, config: Ret2Config) -> to
     Returns the checkpoint's floating dtype when all its tensors share one (else None)."""
     files = _weight_files(folder)
     targets = {key: value for key, value in model.state_dict().items() if key != "logit_scale"}  # ReT-1 has no scale
-    sources = {key: _ret1_source(key) for key in targets}
+    sources = {key: ret1_source_of(key) for key in targets}
     sides = {_SIDES[key.split(".")[0]] for key in targets if key.split(".")[0] in _SIDES}
     dropped = {f"{side}.{name}" for side in sides for name in _DROPPED} & set(files)
     missing = sorted({name for name, _ in sources.values() if name not in files})

@@ -14,7 +14,6 @@ candidates.
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from transformers import TrainingArguments, set_seed
 
 from eval.mbeir import main as evaluate_mbeir
 from eval.mbeir_format import EVAL_ROWS, read_qrels
+from eval.metrics import chance_hit_rate_at_k
 from eval.synthetic import generate_mbeir
 from modeling_ret2 import Ret2Model, Ret2Processor
 from training.collator import ContrastiveCollator
@@ -152,12 +152,12 @@ def main(argv: list[str] | None = None) -> dict:
 
 def chance_levels(root: Path) -> dict[str, float]:
     """Expected primary metric of a random ranking, per row of the local pools and their average: a query with p
-    positives among N candidates is hit in the top k with probability 1 - C(N-p, k) / C(N, k)."""
+    positives among N candidates is hit in the top k with probability `chance_hit_rate_at_k(N, p, k)`."""
     levels = {}
     for row in EVAL_ROWS:
         pool = {json.loads(line)["did"] for line in open(row.pool_path(root), encoding="utf-8")}
         n, k = len(pool), row.primary_k
-        hits = [1 - math.comb(n - len(pos & pool), k) / math.comb(n, k) for pos in read_qrels(row.qrels_path(root)).values()]
+        hits = [chance_hit_rate_at_k(n, len(pos & pool), k) for pos in read_qrels(row.qrels_path(root)).values()]
         levels[row.query_stem] = sum(hits) / len(hits)
     levels["average"] = sum(levels.values()) / len(EVAL_ROWS)
     return levels

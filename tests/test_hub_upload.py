@@ -16,7 +16,6 @@ from hub_upload import M2KR_ID, MBEIR_ID, PublishError, datasets_of, main, metri
 from modeling_ret2 import Ret2Model
 from training.tiny import tiny_model_and_processor
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "hf_secretTOKEN0123456789abcdef"
 PUBLISHED = {
     "README.md", "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
@@ -295,7 +294,7 @@ def fake_ret1_checkpoint(folder: Path) -> tuple[Ret2Model, object]:
     """A tiny random model written in the ReT-1 layout (config.json with query/passage `RetConfig`s, safetensors keys
     by inverting `conversion.ret1`'s key map); the towers' `_name_or_path` is a local tokenizer / image processor.
     Returns the model and its processor."""
-    from conversion.ret1 import _ret1_source
+    from conversion.ret1 import ret1_source_of
     from safetensors.torch import save_file
 
     model, processor = tiny_model_and_processor(
@@ -316,7 +315,7 @@ def fake_ret1_checkpoint(folder: Path) -> tuple[Ret2Model, object]:
     tensors = {}
     for key, value in model.state_dict().items():
         if key != "logit_scale":
-            name, third = _ret1_source(key)
+            name, third = ret1_source_of(key)
             tensors.setdefault(name, [None] * 3)[third or 0] = value  # q, k, v blocks of one in_proj
     save_file({name: torch.cat([t for t in parts if t is not None]) for name, parts in tensors.items()},
               folder / "model.safetensors")  # fmt: skip
@@ -325,7 +324,6 @@ def fake_ret1_checkpoint(folder: Path) -> tuple[Ret2Model, object]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (REPO / "conversion" / "ret1.py").exists(), reason="conversion/ret1.py is not written yet")
 def test_from_ret1_with_the_real_converter_publishes_the_same_model(tmp_path):
     model, processor = fake_ret1_checkpoint(tmp_path)
     out = tmp_path / "out"

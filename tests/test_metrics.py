@@ -86,3 +86,16 @@ def test_evaluate_module_uses_the_same_implementation(tmp_path):
     assert got == pytest.approx(compute_retrieval_metrics(RANKED, POSITIVES, ks=[1, 2, 10]))
     got = metric.compute(predictions=[["p1"]], references=[["p1"]], ks=[1], ranked_texts=[["Rome"]], answers=[["rome"]])
     assert got == {"recall@1": 1.0, "mrr@1": 1.0, "ndcg@1": 1.0, "pseudo_recall@1": 1.0}
+
+
+def test_chance_hit_rate_matches_counting():
+    from itertools import combinations
+
+    from eval.metrics import chance_hit_rate_at_k
+
+    # 6 candidates, positives {0, 1}, top 2: 9 of the 15 unordered pairs contain a positive
+    pairs = list(combinations(range(6), 2))
+    assert chance_hit_rate_at_k(6, 2, 2) == pytest.approx(sum(0 in c or 1 in c for c in pairs) / len(pairs)) == 0.6
+    assert chance_hit_rate_at_k(10, 0, 5) == 0.0 and chance_hit_rate_at_k(4, 1, 10) == 1.0
+    with pytest.raises(ValueError, match="num_positives=5"):
+        chance_hit_rate_at_k(4, 5, 1)

@@ -41,6 +41,14 @@ def ndcg_at_k(ranked: Sequence[str], positives: Collection[str], k: int) -> floa
     return dcg / ideal if ideal else 0.0
 
 
+def chance_hit_rate_at_k(pool_size: int, num_positives: int, k: int) -> float:
+    """Expected `hit_rate_at_k` of a random ranking: 1 - C(N - p, k) / C(N, k) for p positives among N candidates."""
+    if not 0 <= num_positives <= pool_size:
+        raise ValueError(f"num_positives={num_positives} must be in [0, pool_size={pool_size}]")
+    k = min(k, pool_size)
+    return 1 - math.comb(pool_size - num_positives, k) / math.comb(pool_size, k)
+
+
 def _answer_text(answer: Answer) -> str:
     # M2KR gives some answers as {"wikidata": value, ...}: match the value as a string.
     return str(answer["wikidata"] if isinstance(answer, Mapping) else answer).strip().lower()
