@@ -24,7 +24,8 @@ from eval.mbeir_format import (
     EVAL_ROWS, INSTRUCTIONS, ImageLoader, candidate_text, load_instructions, query_instruction, query_text,
     read_candidates, read_qrels, read_queries,
 )  # fmt: skip
-from eval.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
+from eval.mbeir import chance_per_row
+from eval.metrics import compute_retrieval_metrics
 from eval.synthetic import generate_mbeir
 from training.train import DataArguments, ModelArguments, build_datasets, load_model_and_processor, main as train
 
@@ -69,19 +70,6 @@ def hit_rate_per_row(model, processor, root: Path, cache_dir: str) -> dict[str, 
     return scores
 
 
-def chance_per_row(root: Path, cache_dir: str) -> dict[str, float]:
-    """Expected hit@5 of a random ranking, per row."""
-    chance = {}
-    for row in EVAL_ROWS:
-        dids = set(read_candidates(row.pool_path(root), cache_dir=cache_dir)["did"])
-        n, hits = len(dids), []
-        for positives in read_qrels(row.qrels_path(root)).values():
-            p = len(positives & dids)
-            hits.append(chance_hit_rate_at_k(n, p, K))
-        chance[row.label] = sum(hits) / len(hits)
-    return chance
-
-
 def run(work: Path, epochs: float, batch_size: int, learning_rate: float, seed: int) -> dict:
     root = generate_mbeir(work / "data", seed=seed, n_train_per_task=TRAIN_PER_TASK, m2kr=False)
     cache = str(work / "datasets_cache")
@@ -101,7 +89,8 @@ def run(work: Path, epochs: float, batch_size: int, learning_rate: float, seed: 
     trainer = train(argv)
     wall = time.perf_counter() - start
     after = hit_rate_per_row(trainer.model, trainer.processing_class, root, cache)
-    chance = chance_per_row(root, cache)
+    by_stem = chance_per_row(root, K, cache)
+    chance = {row.label: by_stem[row.query_stem] for row in EVAL_ROWS}
     history = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     mean = lambda scores: sum(scores.values()) / len(scores)  # noqa: E731
     return {

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 from transformers import TrainingArguments, set_seed
 
+from eval.mbeir import chance_per_row
 from eval.mbeir import main as evaluate_mbeir
-from eval.mbeir_format import EVAL_ROWS, read_qrels
-from eval.metrics import chance_hit_rate_at_k
+from eval.mbeir_format import EVAL_ROWS
 from eval.synthetic import generate_mbeir
 from modeling_ret2 import Ret2Model, Ret2Processor
 from training.collator import ContrastiveCollator
@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_baseline:
         baseline = evaluate(baseline_dir, args, out / "eval-score-fusion", model=ScoreFusionModel.load(baseline_dir))
     table = comparison_table(ret2, baseline)
+    chance = chance_per_row(args.data_root, cache_dir=str(out / "eval-ret2" / "cache" / "datasets"))
+    chance["average"] = sum(chance.values()) / len(chance)
     summary = {
         "ret2": ret2, "score_fusion": baseline, "seconds": round(time.perf_counter() - start, 1),
-        "chance_local": chance_levels(args.data_root),
+        "chance_local": chance,
     }  # fmt: skip
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     (out / "demo.md").write_text(table + "\n")
@@ -148,19 +150,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nReT-2 model: {ret2_dir} (AutoModel/AutoProcessor with trust_remote_code=True)")
     print(f"pictures: {out / 'task_scores.png'}, {out / 'retrievals.png'}; took {summary['seconds']:.0f} s")
     return summary
-
-
-def chance_levels(root: Path) -> dict[str, float]:
-    """Expected primary metric of a random ranking, per row of the local pools and their average: a query with p
-    positives among N candidates is hit in the top k with probability `chance_hit_rate_at_k(N, p, k)`."""
-    levels = {}
-    for row in EVAL_ROWS:
-        pool = {json.loads(line)["did"] for line in open(row.pool_path(root), encoding="utf-8")}
-        n, k = len(pool), row.primary_k
-        hits = [chance_hit_rate_at_k(n, len(pos & pool), k) for pos in read_qrels(row.qrels_path(root)).values()]
-        levels[row.query_stem] = sum(hits) / len(hits)
-    levels["average"] = sum(levels.values()) / len(EVAL_ROWS)
-    return levels
 
 
 if __name__ == "__main__":

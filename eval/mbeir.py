@@ -31,7 +31,7 @@ from .mbeir_format import (
     DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
     load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries, record_line,
 )
-from .metrics import compute_retrieval_metrics
+from .metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from .search import search, write_report, write_trec
 
 logger = logging.getLogger(__name__)
@@ -73,6 +73,18 @@ def candidate_pool(row: EvalRow, root: Path, cache_dir: Path) -> Pool:
     path = row.pool_path(root)
     dataset = read_candidates(path, cache_dir=str(cache_dir / "datasets"))
     return Pool(row.pool_stem, dataset["did"], _Candidates(dataset, path), (path,))
+
+
+def chance_per_row(root: Path, k: int | None = None, cache_dir: str | None = None) -> dict[str, float]:
+    """Expected hit rate at `k` (default: each row's primary K) of a random ranking of each row's local pool, by
+    query stem: a query with p positives among the pool's N candidates scores `chance_hit_rate_at_k(N, p, k)`."""
+    chance = {}
+    for row in EVAL_ROWS:
+        dids = set(read_candidates(row.pool_path(root), cache_dir=cache_dir)["did"])
+        hits = [chance_hit_rate_at_k(len(dids), len(positives & dids), k or row.primary_k)
+                for positives in read_qrels(row.qrels_path(root)).values()]  # fmt: skip
+        chance[row.query_stem] = sum(hits) / len(hits)
+    return chance
 
 
 def check_global_pool(path: Path, union_ids: list[str], cache_dir: Path) -> None:
