@@ -349,15 +349,15 @@ class Ret2Model(Ret2PreTrainedModel):
         # graph, recompute every block in the backward and backpropagate through all of them for nothing.
         needs_graph = any(p.requires_grad for p in tower.parameters()) or any(v.requires_grad for v in inputs.values())
         grad = torch.is_grad_enabled() and needs_graph
-        if not self.config.skip_missing_modalities or bool(present.all()):
-            with torch.set_grad_enabled(grad):
-                hidden = tower(**inputs, output_hidden_states=selected).hidden_states
-            return [hidden[i + 1] for i in layer_ids]
-        if not bool(present.any()):
+        skip = self.config.skip_missing_modalities
+        if skip and not bool(present.any()):
             return None
-        rows = present.nonzero().squeeze(1)
+        rows = present.nonzero().squeeze(1) if skip and not bool(present.all()) else None  # None: every sample
         with torch.set_grad_enabled(grad):
-            hidden = tower(**{k: v[rows] for k, v in inputs.items()}, output_hidden_states=selected).hidden_states
+            batch = inputs if rows is None else {k: v[rows] for k, v in inputs.items()}
+            hidden = tower(**batch, output_hidden_states=selected).hidden_states
+        if rows is None:
+            return [hidden[i + 1] for i in layer_ids]
         batch_size = present.shape[0]
         states = []
         for i in layer_ids:

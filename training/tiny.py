@@ -6,6 +6,7 @@ CLIP's, built from arguments. Nothing is downloaded.
 
 import re
 
+import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPImageProcessorPil, CLIPTextConfig, CLIPVisionConfig, PreTrainedTokenizerFast
 
@@ -98,8 +99,6 @@ def tiny_model_and_processor(
     words: list[str] = (), seed: int = 0, image_size: int = 32, **config_kwargs
 ) -> tuple[Ret2Model, Ret2Processor]:
     """A randomly initialised tiny ReT-2 (seeded) and its processor."""
-    import torch
-
     processor = tiny_processor(words, image_size=image_size)
     config = tiny_config(processor, image_size=image_size, **config_kwargs)
     torch.manual_seed(seed)
