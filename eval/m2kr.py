@@ -1,26 +1,32 @@
 """M2KR evaluation (PreFLMR's benchmark, ReT-M2KR or original layout): each sub-dataset's test queries against its
 own test passages, scored by Recall@K and, where the dataset has answers, Pseudo Recall@K.
 
-    python -m eval.m2kr --model M --data-root R --layout ret --image-root IMAGES --output-dir out
-    torchrun --nproc_per_node 8 -m eval.m2kr --model M --data-root R --layout ret --output-dir out --dtype bfloat16
+    ret2-eval-m2kr --model M --data-root R --layout ret --output-dir out
+    torchrun --nproc_per_node 8 -m ret2.eval.m2kr --model M --data-root R --layout ret --output-dir out --dtype bfloat16
+
+(from a checkout: `python -m eval.m2kr ...`; from Python: `evaluate_m2kr(model, data_root, output_dir, ...)`.)
 
 Recall@K: a query scores 1 if any gold passage id is in its top K. Pseudo Recall@K: 1 if any of the top K passage
 texts contains any gold answer (lower-cased substring). K per dataset as PreFLMR / ReT report it (`M2KR_DATASETS`).
 Writes `runs/<dataset>.trec`, `results.json` (fractions in [0, 1]) and `results.md` (also printed) to
-`--output-dir`; passage embeddings are cached as in `eval.mbeir`.
+`--output-dir`; passage embeddings are cached as in `ret2.eval.mbeir`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from .encode import Encoder, Item, ItemList, Pool, add_common_arguments, configure_logging, finish
-from .m2kr_format import M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
-from .metrics import compute_retrieval_metrics
-from .search import search, write_report, write_trec
+from ret2.cli import ArgumentParser, configure_logging, run_cli
+from ret2.distributed import finish
+from ret2.encoding import EncodeOptions, Encoder, Item, ItemList, Pool
+from ret2.data.m2kr import M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
+from ret2.metrics import compute_retrieval_metrics
+from ret2.search import search
+
+from .report import write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
@@ -61,26 +67,52 @@ def results_table(results: dict[str, dict[str, float]]) -> str:
     )
 
 
-def evaluate(args: argparse.Namespace) -> dict | None:
-    """Run the evaluation described by the parsed CLI arguments; the results on rank 0, None on the other ranks."""
-    root = Path(args.data_root)
-    image_root = Path(args.image_root or root)
-    chosen = select_datasets(args.datasets, root, args.layout)
-    encoder = Encoder.from_args(args)
+def evaluate_m2kr(
+    model: str | Path,
+    data_root: str | Path,
+    output_dir: str | Path,
+    *,
+    layout: str = "ret",
+    image_root: str | Path | None = None,
+    datasets: Sequence[str] | None = None,
+    options: EncodeOptions | None = None,
+) -> dict | None:
+    """Evaluate a model on M2KR (see the module docstring).
+
+    Args:
+        model: saved ReT-2 folder or hub id (loaded with `trust_remote_code`).
+        data_root: folder of the ReT-M2KR jsonl files (`layout="ret"`) or of the M2KR parquet configs ("parquet").
+        output_dir: where TREC runs, `results.json`, `results.md` and (by default) the cache go.
+        image_root: root of the records' image paths (None: `data_root`).
+        datasets: sub-datasets to evaluate (None: every one found under `data_root`).
+        options: batching, device, dtype, cache and search backend.
+
+    Returns:
+        `{dataset: {"recall@K": ..., "pseudo_recall@K": ...}}` (fractions) on rank 0; None on the other ranks.
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {list(LAYOUTS)}")
+    root, output_dir = Path(data_root), Path(output_dir)
+    image_root = Path(image_root or root)
+    options = options or EncodeOptions()
+    if options.cache_dir is None:
+        options = replace(options, cache_dir=output_dir / "cache")
+    chosen = select_datasets(datasets, root, layout)
+    encoder = Encoder.create(model, options)
     try:
         data, pools = {}, []
         for dataset in chosen:
-            queries, passages = load_m2kr(dataset.name, root, args.layout)
-            queries_at, passages_at, passage_files = _sources(dataset, root, args.layout)
+            queries, passages = load_m2kr(dataset.name, root, layout)
+            queries_at, passages_at, passage_files = _sources(dataset, root, layout)
             items = [Item(p["pid"], p["text"] or None, p["img_path"], str(passages_at), i) for i, p in enumerate(passages)]
-            pools.append(Pool(f"m2kr_{args.layout}_{dataset.stem}_passages", [p["pid"] for p in passages],
+            pools.append(Pool(f"m2kr_{layout}_{dataset.stem}_passages", [p["pid"] for p in passages],
                               ItemList(items), tuple(passage_files)))
             data[dataset.name] = (queries, passages, str(queries_at))
         embeddings = encoder.pools(pools, image_root)
         if embeddings is None:
             return None
 
-        run_name = Path(str(args.model).rstrip("/")).name
+        run_name = Path(str(model).rstrip("/")).name
         results = {}
         for dataset, pool in zip(chosen, pools):
             queries, passages, queries_at = data[dataset.name]
@@ -93,7 +125,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             items = [Item(q["qid"], q["text"] or None, q["img_path"], queries_at, i) for i, q in enumerate(queries)]
             query_embeddings = encoder.queries(items, image_root, f"queries {dataset.name}")
             ks = sorted({dataset.recall_k, dataset.pseudo_k or dataset.recall_k})
-            scores, indices = search(query_embeddings, embeddings[pool.name].shards, ks[-1], args.search_backend,
+            scores, indices = search(query_embeddings, embeddings[pool.name].shards, ks[-1], options.search_backend,
                                      encoder.device)
             ranked = indices.tolist()
             texts = [[passages[i]["text"] for i in ranking] for ranking in ranked] if dataset.pseudo_k else None
@@ -101,28 +133,36 @@ def evaluate(args: argparse.Namespace) -> dict | None:
             metrics = compute_retrieval_metrics([[pool.ids[i] for i in ranking] for ranking in ranked], positives, ks,
                                                 texts, answers)
             results[dataset.name] = {name: metrics[name] for name in dataset.metric_names}
-            write_trec(args.output_dir / "runs" / f"{dataset.stem}.trec", [q["qid"] for q in queries], pool.ids,
+            write_trec(output_dir / "runs" / f"{dataset.stem}.trec", [q["qid"] for q in queries], pool.ids,
                        indices, scores, run_name)
-        table = results_table(results)
-        write_report(args.output_dir, results, table)
-        print(table)
+        write_report(output_dir, results, results_table(results))
+        logger.info("results written to %s", output_dir)
         return results
     finally:
         finish(encoder.job)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    """CLI entry point; see the module docstring and `python -m eval.m2kr --help`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--data-root", required=True, help="folder of the ReT-M2KR jsonl files or M2KR parquet configs")
+    """`ret2-eval-m2kr`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="saved ReT-2 folder or hub id (loaded with trust_remote_code)")
+    parser.add_argument("--data-root", required=True, type=Path,
+                        help="folder of the ReT-M2KR jsonl files or M2KR parquet configs")
+    parser.add_argument("--output-dir", required=True, type=Path, help="where TREC runs, results.json and .md go")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="ret", help="ret: ReT-M2KR jsonl; parquet: M2KR")
-    parser.add_argument("--image-root", help="root of the image paths in the records (default: DATA_ROOT)")
+    parser.add_argument("--image-root", type=Path, help="root of the image paths in the records (default: DATA_ROOT)")
     parser.add_argument("--datasets", nargs="+", help=f"sub-datasets (default: all found), of {list(M2KR_DATASETS)}")
+    EncodeOptions.add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    return evaluate(args)
+    results = evaluate_m2kr(
+        args.model, args.data_root, args.output_dir, layout=args.layout, image_root=args.image_root,
+        datasets=args.datasets, options=EncodeOptions.from_args(args),
+    )  # fmt: skip
+    if results is not None:
+        print((args.output_dir / "results.md").read_text(encoding="utf-8"))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

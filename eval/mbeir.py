@@ -1,7 +1,9 @@
 """M-BEIR evaluation with UniIR's protocol: the 16 test query files against their local pools and/or the global pool.
 
-    python -m eval.mbeir --model M --data-root R --pool both --output-dir out
-    torchrun --nproc_per_node 8 -m eval.mbeir --model M --data-root R --pool both --output-dir out --dtype bfloat16
+    ret2-eval-mbeir --model M --data-root R --pool both --output-dir out
+    torchrun --nproc_per_node 8 -m ret2.eval.mbeir --model M --data-root R --pool both --output-dir out --dtype bfloat16
+
+(from a checkout: `python -m eval.mbeir ...`; from Python: `evaluate_mbeir(model, data_root, output_dir, ...)`.)
 
 Local: each query file against its own local pool. Global: every query file against the union of the 16 local pools
 (no filtering), made of the local pools' cached embeddings, so nothing is encoded twice; when
@@ -17,22 +19,26 @@ Under `torchrun` every rank encodes its share of each pool; rank 0 then searches
 
 from __future__ import annotations
 
-import argparse
 import logging
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
-from .encode import Embeddings, Encoder, Item, Pool, add_common_arguments, configure_logging, finish, main_first
-from .mbeir_format import (
+from ret2.cli import ArgumentParser, configure_logging, run_cli
+from ret2.distributed import finish, main_first
+from ret2.encoding import EncodeOptions, Embeddings, Encoder, Item, Pool
+from ret2.data.mbeir import (
     DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
     load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries, record_line,
 )
-from .metrics import chance_hit_rate_at_k, compute_retrieval_metrics
-from .search import search, write_report, write_trec
+from ret2.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
+from ret2.search import search
+
+from .report import write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
@@ -146,88 +152,133 @@ def results_table(rows: Sequence[EvalRow], results: dict[str, dict]) -> str:
     )
 
 
-def evaluate(args: argparse.Namespace, model: tuple[torch.nn.Module, object] | None = None) -> dict | None:
-    """Run the evaluation described by the parsed CLI arguments; the results on rank 0, None on the other ranks.
-    `model`: an in-memory (model, processor) pair instead of loading `args.model` (see `Encoder.from_args`)."""
-    root = Path(args.data_root)
-    rows = select_rows(args.tasks)
-    pools = ["local", "global"] if args.pool == "both" else [args.pool]
-    if args.k is not None and args.k < max(k for row in rows for k in row.ks):
-        raise ValueError(f"--k {args.k} is below the largest reported K of these rows, {max(max(r.ks) for r in rows)}")
+def evaluate_mbeir(
+    model: str | Path,
+    data_root: str | Path,
+    output_dir: str | Path,
+    *,
+    pool: str = "both",
+    tasks: Sequence[str] | None = None,
+    instructions: str | Path | None = None,
+    random_instruction: bool = False,
+    seed: int = 0,
+    k: int | None = None,
+    options: EncodeOptions | None = None,
+    loaded: tuple[torch.nn.Module, object] | None = None,
+) -> dict | None:
+    """Evaluate a model on M-BEIR with UniIR's protocol (see the module docstring).
+
+    Args:
+        model: saved ReT-2 folder or hub id (loaded with `trust_remote_code`); with `loaded`, the folder whose files
+            key the embedding cache.
+        data_root: the M-BEIR root (query/, cand_pool/, qrels/, instructions/, mbeir_images/).
+        output_dir: where TREC runs, `results.json`, `results.md` and (by default) the cache go.
+        pool: "local", "global" or "both".
+        tasks: rows to evaluate (`webqa_task1`, query stems or labels); None: all 16.
+        instructions: a query_instructions.tsv (None: the root's, else the built-in prompt_1 table).
+        random_instruction: draw one prompt per query with `seed`, as UniIR does.
+        k: results per query (None: each row's largest reported K).
+        options: batching, device, dtype, cache and search backend.
+        loaded: an in-memory (model, processor) pair to evaluate instead of loading `model`.
+
+    Returns:
+        `{pool: {query stem: {"recall@k": ..., "mrr@10": ..., "ndcg@10": ...}, "average": ...}}` (fractions) on rank 0;
+        None on the other ranks of a distributed run.
+    """
+    root, output_dir = Path(data_root), Path(output_dir)
+    if pool not in POOLS:
+        raise ValueError(f"pool {pool!r} is not one of {list(POOLS)}")
+    options = options or EncodeOptions()
+    if options.cache_dir is None:
+        options = replace(options, cache_dir=output_dir / "cache")
+    cache_dir = options.cache_dir
+    rows = select_rows(tasks)
+    pools = ["local", "global"] if pool == "both" else [pool]
+    if k is not None and k < max(kk for row in rows for kk in row.ks):
+        raise ValueError(f"k={k} is below the largest reported K of these rows, {max(max(r.ks) for r in rows)}")
 
     def depth(row: EvalRow) -> int:
-        return args.k or max(row.ks)
+        return k or max(row.ks)
 
-    instructions_path = args.instructions or (root / INSTRUCTIONS if (root / INSTRUCTIONS).exists() else None)
-    instructions = load_instructions(instructions_path) if instructions_path else DEFAULT_INSTRUCTIONS
-    rng = random.Random(args.seed) if args.random_instruction else None
+    instructions_path = instructions or (root / INSTRUCTIONS if (root / INSTRUCTIONS).exists() else None)
+    table = load_instructions(instructions_path) if instructions_path else DEFAULT_INSTRUCTIONS
+    rng = random.Random(seed) if random_instruction else None
 
-    encoder = Encoder.from_args(args, model)
+    encoder = Encoder.create(model, options, loaded)
     job = encoder.job
     try:
         to_encode = EVAL_ROWS if "global" in pools else rows
         with main_first(job):  # rank 0 reads and checks every input before hours of encoding start
             # Rank 0 needs every pool's dids (the qrels are checked against the global pool); the others what they encode.
-            candidates = {row.pool_stem: candidate_pool(row, root, args.cache_dir)
+            candidates = {row.pool_stem: candidate_pool(row, root, cache_dir)
                           for row in (EVAL_ROWS if job.is_main else to_encode)}
             if job.is_main:
                 union_ids = [did for row in EVAL_ROWS for did in candidates[row.pool_stem].ids]
                 if "global" in pools and (root / GLOBAL_POOL).exists():
-                    check_global_pool(root / GLOBAL_POOL, union_ids, args.cache_dir)
+                    check_global_pool(root / GLOBAL_POOL, union_ids, cache_dir)
                 pool_dids = set(union_ids)
-                queries = {row: read_row_queries(row, root, instructions, rng, args.cache_dir, pool_dids) for row in rows}
+                queries = {row: read_row_queries(row, root, table, rng, cache_dir, pool_dids) for row in rows}
         embeddings = encoder.pools([candidates[row.pool_stem] for row in to_encode], root)
         if embeddings is None:
             return None
         query_embeddings = {row: encoder.queries(queries[row][0], root, f"queries {row.query_stem}") for row in rows}
 
-        run_name = Path(str(args.model).rstrip("/")).name
+        run_name = Path(str(model).rstrip("/")).name
         results: dict[str, dict] = {}
-        for pool in pools:
-            if pool == "local":
+        for name in pools:
+            if name == "local":
                 hits = {row: search(query_embeddings[row], embeddings[row.pool_stem].shards, depth(row),
-                                    args.search_backend, encoder.device) for row in rows}
+                                    options.search_backend, encoder.device) for row in rows}
                 doc_ids = {row: embeddings[row.pool_stem].ids for row in rows}
             else:  # one pass over the union for the queries of every row, split back by row
                 union = Embeddings.concat([embeddings[row.pool_stem] for row in EVAL_ROWS])
                 scores, indices = search(np.concatenate([query_embeddings[row] for row in rows]), union.shards,
-                                         max(depth(row) for row in rows), args.search_backend, encoder.device)
+                                         max(depth(row) for row in rows), options.search_backend, encoder.device)
                 bounds = np.cumsum([0] + [len(query_embeddings[row]) for row in rows])
                 hits = {row: (scores[a:b, : depth(row)], indices[a:b, : depth(row)])
                         for row, a, b in zip(rows, bounds[:-1], bounds[1:])}
                 doc_ids = dict.fromkeys(rows, union.ids)
-            results[pool] = {
+            results[name] = {
                 row.query_stem: _score_row(row, *queries[row], *hits[row], doc_ids[row],
-                                           args.output_dir / "runs" / pool / f"{row.query_stem}.trec", f"{run_name}-{pool}")
+                                           output_dir / "runs" / name / f"{row.query_stem}.trec", f"{run_name}-{name}")
                 for row in rows
             }
-            results[pool]["average"] = float(np.mean([results[pool][r.query_stem][f"recall@{r.primary_k}"] for r in rows]))
-        table = results_table(rows, results)
-        write_report(args.output_dir, results, table)
-        print(table)
+            results[name]["average"] = float(np.mean([results[name][r.query_stem][f"recall@{r.primary_k}"] for r in rows]))
+        report = results_table(rows, results)
+        write_report(output_dir, results, report)
+        logger.info("results written to %s", output_dir)
         return results
     finally:
         finish(job)
 
 
-def main(argv: list[str] | None = None, model: tuple[torch.nn.Module, object] | None = None) -> dict | None:
-    """CLI entry point; see the module docstring and `python -m eval.mbeir --help`."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(parser)
-    parser.add_argument("--data-root", required=True, help="M-BEIR root (query/, cand_pool/, qrels/, mbeir_images/)")
+def main(argv: list[str] | None = None) -> dict | None:
+    """`ret2-eval-mbeir`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
+    parser = ArgumentParser(description=__doc__)
+    parser.add_argument("--model", required=True, help="saved ReT-2 folder or hub id (loaded with trust_remote_code)")
+    parser.add_argument("--data-root", required=True, type=Path,
+                        help="M-BEIR root (query/, cand_pool/, qrels/, mbeir_images/)")
+    parser.add_argument("--output-dir", required=True, type=Path, help="where TREC runs, results.json and .md go")
     parser.add_argument("--split", default="test", choices=["test"], help="M-BEIR's evaluation table is on test")
-    parser.add_argument("--pool", default="both", choices=list(POOLS))
+    parser.add_argument("--pool", default="both", choices=list(POOLS), help="local pools, the global pool, or both")
     parser.add_argument("--tasks", nargs="+", help="rows to evaluate, e.g. webqa_task1 cirr_task7 (default: all 16)")
     parser.add_argument("--instructions", type=Path,
                         help="query_instructions.tsv (default: DATA_ROOT/instructions/query_instructions.tsv if it "
                              "exists, else the built-in prompt_1 table)")
     parser.add_argument("--random-instruction", action="store_true", help="draw one prompt per query (seeded), as UniIR")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random-instruction")
     parser.add_argument("--k", type=int, help="results per query (default: the row's largest reported K, 10 or 50)")
+    EncodeOptions.add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    return evaluate(args, model)
+    results = evaluate_mbeir(
+        args.model, args.data_root, args.output_dir, pool=args.pool, tasks=args.tasks, instructions=args.instructions,
+        random_instruction=args.random_instruction, seed=args.seed, k=args.k, options=EncodeOptions.from_args(args),
+    )  # fmt: skip
+    if results is not None:
+        print((args.output_dir / "results.md").read_text(encoding="utf-8"))
+    return results
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -11,7 +11,9 @@ import configuration_ret2.configuration_ret2 as _configuration
 
 sys.modules[f"{__name__}.configuration_ret2"] = _configuration
 
-from .modeling_ret2 import Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell  # noqa: E402
+from .modeling_ret2 import (  # noqa: E402
+    Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell, similarity,
+)  # fmt: skip
 from .processing_ret2 import Ret2Processor, to_rgb  # noqa: E402
 
 Ret2Model.register_for_auto_class("AutoModel")
@@ -24,5 +26,6 @@ __all__ = [
     "Ret2PreTrainedModel",
     "Ret2Processor",
     "Ret2RecurrentCell",
+    "similarity",
     "to_rgb",
 ]

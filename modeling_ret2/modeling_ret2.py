@@ -36,6 +36,23 @@ def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
     return torch.where(channels % 2 == 0, torch.sin(angles), torch.cos(angles))
 
 
+def similarity(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    """Score every query against every document -> (Nq, Nd): the one scoring rule of ret2 (model, loss, search).
+
+    Single vectors (N, D): the dot product, which is cosine similarity for the model's normalised embeddings.
+    Multi-vector (N, K, D): late interaction (ReT-1), the sum over query tokens of the best document token's dot product.
+    """
+    if queries.dim() != documents.dim() or queries.dim() not in (2, 3) or queries.shape[-1] != documents.shape[-1]:
+        raise ValueError(
+            f"similarity takes two (N, D) or two (N, K, D) tensors with the same D, got {tuple(queries.shape)} and "
+            f"{tuple(documents.shape)}."
+        )
+    if queries.dim() == 2:
+        return queries @ documents.T  # (Nq, D) x (D, Nd)
+    token_scores = torch.einsum("qkd,nld->qnkl", queries, documents)  # (Nq, Nd, Kq, Kd)
+    return token_scores.amax(dim=-1).sum(dim=-1)
+
+
 @dataclass
 class Ret2Output(ModelOutput):
     """
@@ -437,22 +454,7 @@ class Ret2Model(Ret2PreTrainedModel):
         encoder = self.document_encoder if self.document_encoder is not None else self.query_encoder
         return self._encode(encoder, input_ids, attention_mask, pixel_values, text_mask, vision_mask)
 
-    @staticmethod
-    def similarity(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
-        """Score every query against every document -> (Nq, Nd).
-
-        Single vectors (N, D): cosine similarity (the embeddings are normalised). Multi-vector (N, K, D): late
-        interaction, the sum over query tokens of the best-matching document token's dot product (ReT-1).
-        """
-        if queries.dim() != documents.dim() or queries.dim() not in (2, 3):
-            raise ValueError(
-                f"similarity takes two (N, D) or two (N, K, D) tensors, got {tuple(queries.shape)} and "
-                f"{tuple(documents.shape)}."
-            )
-        if queries.dim() == 2:
-            return queries @ documents.T  # (Nq, D) x (D, Nd)
-        token_scores = torch.einsum("qkd,nld->qnkl", queries, documents)  # (Nq, Nd, Kq, Kd)
-        return token_scores.amax(dim=-1).sum(dim=-1)
+    similarity = staticmethod(similarity)
 
     def forward(
         self,
@@ -500,4 +502,4 @@ def _presence(
     return mask
 
 
-__all__ = ["Ret2Model", "Ret2PreTrainedModel", "Ret2Output", "Ret2RecurrentCell", "Ret2Encoder"]
+__all__ = ["Ret2Model", "Ret2PreTrainedModel", "Ret2Output", "Ret2RecurrentCell", "Ret2Encoder", "similarity"]

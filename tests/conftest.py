@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from training.tiny import tiny_model_and_processor
+from ret2.tiny import tiny_model_and_processor
 
 torch.set_num_threads(1)
 

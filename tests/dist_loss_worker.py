@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1
+from ret2.training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1
 
 WORLD, LOCAL_BATCH, N_NEG, IN_DIM, DIM = 2, 3, 2, 8, 4
 # Global batch of 6: ids 10 and 11 each appear twice, 10 within rank 0, 11 across ranks.

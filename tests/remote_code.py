@@ -9,7 +9,7 @@ importable and hide a broken remote-code folder).
 import textwrap
 from pathlib import Path
 
-from hub_upload import run_in_clean_process
+from ret2.publish import run_in_clean_process
 
 
 def load_in_clean_process(workdir: Path, script: str, timeout: int = 300) -> str:

@@ -13,22 +13,22 @@ from conftest import WORDS, pattern
 from PIL import Image
 from torch import nn
 
-from bench import index
-from bench.common import BLACK_PIXEL, build_model, count_flops, make_inputs, peak_memory_bytes
-from bench.reference_ret1 import ReferenceRet1
+from ret2.bench import index
+from ret2.bench.common import BLACK_PIXEL, build_model, count_flops, make_inputs, peak_memory_bytes
+from ret2.bench.reference_ret1 import ReferenceRet1
 from modeling_ret2 import Ret2Model
-from training.tiny import tiny_model_and_processor
+from ret2.tiny import tiny_model_and_processor
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def quick_report(tmp_path_factory):
-    """`python -m bench --quick`, run as a user runs it."""
+    """`python -m ret2.bench --quick`, run as a user runs it."""
     path = tmp_path_factory.mktemp("bench") / "quick.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", str(path)], cwd=REPO, env=env, capture_output=True,
+        [sys.executable, "-m", "ret2.bench", "--quick", "--json", str(path)], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,14 +3,14 @@ import json
 import pytest
 from transformers import AutoConfig
 
-from demo.__main__ import main
+from ret2.demo.__main__ import main
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_at_reduced_size(tmp_path):
     """The README's main job, small: data, both trainings, both evaluations, the saved model and both pictures."""
     summary = main([
-        "--output-dir", str(tmp_path), "--epochs", "1", "--n-per-task", "6", "--n-train-per-task", "16",
+        "--output-dir", str(tmp_path), "--num-train-epochs", "1", "--n-per-task", "6", "--n-train-per-task", "16",
         "--batch-size", "16", "--eval-batch-size", "32",
     ])  # fmt: skip
     for name in ("ret2", "score_fusion"):

@@ -1,4 +1,4 @@
-"""End-to-end runs of `eval.mbeir` and `eval.m2kr` on synthetic data with tiny saved models, and the embedding cache."""
+"""End-to-end runs of `ret2.eval.mbeir` and `ret2.eval.m2kr` on synthetic data with tiny saved models, and the embedding cache."""
 
 import json
 import os
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from eval import encode, mbeir, m2kr
-from eval.encode import Embeddings, cache_folder, encode_items, encode_pool, load_pool, model_fingerprint
-from eval.mbeir_format import EVAL_ROWS, GLOBAL_POOL, load_instructions, read_json_lines
-from eval.synthetic import generate_mbeir
-from training.tiny import tiny_model_and_processor, words_of
+from ret2 import encoding as encode
+from ret2.eval import m2kr, mbeir
+from ret2.encoding import Embeddings, cache_folder, encode_items, encode_pool, load_pool, model_fingerprint
+from ret2.data.mbeir import EVAL_ROWS, GLOBAL_POOL, load_instructions, read_json_lines
+from ret2.data.synthetic import generate_mbeir
+from ret2.tiny import tiny_model_and_processor, words_of
 
 ROWS = {row.query_stem: row for row in EVAL_ROWS}
 
@@ -233,7 +234,7 @@ def test_torchrun_two_processes_match_one(mbeir_run, model_dir, data, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo, CPU): each rank encodes half of every pool; rank 0 scores. Same results."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "eval.mbeir", "--model", str(model_dir), "--data-root", str(data), "--output-dir", str(tmp_path),
+               "-m", "ret2.eval.mbeir", "--model", str(model_dir), "--data-root", str(data), "--output-dir", str(tmp_path),
                "--device", "cpu", "--num-workers", "0", "--shard-size", "5", "--pool", "both", "--batch-size", "4"]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -3,8 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval import search as search_module
-from eval.search import search, write_trec
+from ret2 import search as search_module
+from ret2.eval.report import write_trec
+from ret2.search import search
 from modeling_ret2 import Ret2Model
 
 

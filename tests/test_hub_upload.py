@@ -12,9 +12,9 @@ from conftest import WORDS, pattern
 from huggingface_hub import ModelCard
 from remote_code import load_in_clean_process
 
-from hub_upload import M2KR_ID, MBEIR_ID, PublishError, datasets_of, main, metrics_markdown, verify_in_clean_process
+from ret2.publish import M2KR_ID, MBEIR_ID, PublishError, datasets_of, main, metrics_markdown, verify_in_clean_process
 from modeling_ret2 import Ret2Model
-from training.tiny import tiny_model_and_processor
+from ret2.tiny import tiny_model_and_processor
 
 TOKEN = "hf_secretTOKEN0123456789abcdef"
 PUBLISHED = {
@@ -92,7 +92,7 @@ def dry_run(checkpoint, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("dry")
     (work / "results.json").write_text(json.dumps(RESULTS))
     out = work / "out"
-    argv = ["--checkpoint", str(checkpoint), "--repo-id", "org/ret2-tiny", "--eval-results", str(work / "results.json")]
+    argv = ["--model", str(checkpoint), "--repo-id", "org/ret2-tiny", "--eval-results", str(work / "results.json")]
     assert main(argv + ["--dry-run", str(out)]) == 0
     return out
 
@@ -167,7 +167,7 @@ def test_metrics_markdown_renders_any_nested_dict():
 @pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "org/bad name"])
 def test_repo_id_is_validated(repo_id, checkpoint, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--checkpoint", str(checkpoint), "--repo-id", repo_id, "--dry-run", "unused"])
+        main(["--model", str(checkpoint), "--repo-id", repo_id, "--dry-run", "unused"])
     assert exit_info.value.code == 2 and repr(repo_id) in capsys.readouterr().err
 
 
@@ -181,7 +181,7 @@ def pickle_checkpoint(source, folder: Path) -> Path:
 
 def test_pickle_weights_are_refused_without_the_flag(source, tmp_path, capsys):
     folder = pickle_checkpoint(source, tmp_path / "pickled")
-    assert main(["--checkpoint", str(folder), "--repo-id", "org/x", "--dry-run", str(tmp_path / "out")]) == 1
+    assert main(["--model", str(folder), "--repo-id", "org/x", "--dry-run", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "pytorch_model.bin" in err and "--allow-pickle" in err
     assert not (tmp_path / "out").exists()
@@ -191,7 +191,7 @@ def test_pickle_weights_are_refused_without_the_flag(source, tmp_path, capsys):
 def test_allowed_pickle_weights_are_published_as_safetensors(source, tmp_path):
     folder = pickle_checkpoint(source, tmp_path / "pickled")
     out = tmp_path / "out"
-    assert main(["--checkpoint", str(folder), "--repo-id", "org/x", "--allow-pickle", "--dry-run", str(out)]) == 0
+    assert main(["--model", str(folder), "--repo-id", "org/x", "--allow-pickle", "--dry-run", str(out)]) == 0
     assert {p.name for p in out.iterdir()} == PUBLISHED
 
 
@@ -207,7 +207,7 @@ def test_lora_adapter_is_merged_and_published_as_plain_model(source, tmp_path):
                 param.normal_(std=0.5, generator=torch.Generator().manual_seed(len(name)))
     peft_model.save_pretrained(tmp_path / "adapter")  # records base_model_name_or_path = base_folder
     out = tmp_path / "out"
-    assert main(["--checkpoint", str(tmp_path / "adapter"), "--repo-id", "org/lora", "--dry-run", str(out)]) == 0
+    assert main(["--model", str(tmp_path / "adapter"), "--repo-id", "org/lora", "--dry-run", str(out)]) == 0
 
     assert {p.name for p in out.iterdir()} == PUBLISHED  # no adapter_config.json / adapter_model.safetensors
     inputs = probe_inputs(source[1])
@@ -235,7 +235,7 @@ def trainer_checkpoint(checkpoint: Path, tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_trainer_checkpoint_uploads_without_its_state(checkpoint, tmp_path, capsys):
     hub = RecordingHub()
-    argv = ["--checkpoint", str(trainer_checkpoint(checkpoint, tmp_path)), "--repo-id", "org/ret2-tiny", "--private"]
+    argv = ["--model", str(trainer_checkpoint(checkpoint, tmp_path)), "--repo-id", "org/ret2-tiny", "--private"]
     assert main(argv + ["--revision", "v1", "--commit-message", "first"], api=hub) == 0
     assert [name for name, _ in hub.calls] == ["create_repo", "create_branch", "upload_folder"]
     (_, repo), (_, branch), (_, upload) = hub.calls
@@ -253,7 +253,7 @@ def test_trainer_checkpoint_uploads_without_its_state(checkpoint, tmp_path, caps
 def test_network_error_names_the_step_keeps_the_folder_and_hides_the_token(fail_at, checkpoint, monkeypatch, capfd):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     hub = RecordingHub(fail_at, ConnectionError(f"connection reset while sending Authorization: Bearer {TOKEN}"))
-    assert main(["--checkpoint", str(checkpoint), "--repo-id", "org/ret2-tiny"], api=hub) == 1
+    assert main(["--model", str(checkpoint), "--repo-id", "org/ret2-tiny"], api=hub) == 1
     out, err = capfd.readouterr()
     assert TOKEN not in out + err and "Bearer ***" in err
     step = {"create_repo": "create repository org/ret2-tiny failed", "upload_folder": "upload "}[fail_at]
@@ -273,7 +273,7 @@ def test_verify_refuses_a_folder_whose_embeddings_differ(checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_from_ret1_converts_then_publishes(source, tmp_path, monkeypatch):
-    """The wiring of --from-ret1, with a stand-in for `conversion.ret1.convert_ret1`."""
+    """The wiring of --from-ret1, with a stand-in for `ret2.conversion.convert_ret1`."""
     calls = []
 
     def convert_ret1(source_id, output, tokenizer=None, image_processor=None) -> Path:
@@ -281,7 +281,7 @@ def test_from_ret1_converts_then_publishes(source, tmp_path, monkeypatch):
         return save(*source, Path(output))
 
     monkeypatch.setitem(sys.modules, "conversion", ModuleType("conversion"))
-    monkeypatch.setitem(sys.modules, "conversion.ret1", SimpleNamespace(convert_ret1=convert_ret1))
+    monkeypatch.setitem(sys.modules, "ret2.conversion", SimpleNamespace(convert_ret1=convert_ret1))
     out = tmp_path / "out"
     assert main(["--from-ret1", "aimagelab/ReT-CLIP-ViT-L-14", "--repo-id", "org/ret1", "--dry-run", str(out)]) == 0
     assert calls == [("aimagelab/ReT-CLIP-ViT-L-14", "converted")]
@@ -292,9 +292,9 @@ def test_from_ret1_converts_then_publishes(source, tmp_path, monkeypatch):
 
 def fake_ret1_checkpoint(folder: Path) -> tuple[Ret2Model, object]:
     """A tiny random model written in the ReT-1 layout (config.json with query/passage `RetConfig`s, safetensors keys
-    by inverting `conversion.ret1`'s key map); the towers' `_name_or_path` is a local tokenizer / image processor.
+    by inverting `ret2.conversion`'s key map); the towers' `_name_or_path` is a local tokenizer / image processor.
     Returns the model and its processor."""
-    from conversion.ret1 import ret1_source_of
+    from ret2.conversion import ret1_source_of
     from safetensors.torch import save_file
 
     model, processor = tiny_model_and_processor(

@@ -11,7 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1, late_interaction_scores, score
+from modeling_ret2 import similarity
+from ret2.training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -91,11 +92,10 @@ def test_late_interaction_matches_brute_force():
     brute = torch.tensor(
         [[sum(max(float(qk @ dl) for dl in d[j]) for qk in q[i]) for j in range(2)] for i in range(3)]
     )
-    torch.testing.assert_close(late_interaction_scores(q, d), brute)
-    torch.testing.assert_close(score(q, d), brute)
-    torch.testing.assert_close(score(q[:, 0], d[:, 0]), q[:, 0] @ d[:, 0].T)
-    with pytest.raises(ValueError, match="both multi-vector"):
-        score(q, d[:, 0])
+    torch.testing.assert_close(similarity(q, d), brute)
+    torch.testing.assert_close(similarity(q[:, 0], d[:, 0]), q[:, 0] @ d[:, 0].T)
+    with pytest.raises(ValueError, match=r"two \(N, D\) or two \(N, K, D\)"):
+        similarity(q, d[:, 0])
 
 
 def test_in_batch_recall_at_1():

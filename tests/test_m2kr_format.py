@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from eval.m2kr_format import M2KR_DATASETS, load_m2kr, m2kr_dataset, read_ret_m2kr_queries
+from ret2.data.m2kr import M2KR_DATASETS, load_m2kr, m2kr_dataset, read_ret_m2kr_queries
 
 INSTRUCTION = "Using the provided image, obtain documents that address the subsequent question:"
 EXPECTED_QUERIES = [

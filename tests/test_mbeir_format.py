@@ -6,8 +6,9 @@ import random
 import pytest
 from PIL import Image
 
-from eval.mbeir_format import (
-    DATASET_IDS, DEFAULT_INSTRUCTIONS, EVAL_ROWS, INSTRUCTION_COLUMNS, TASK_IDS, ImageLoader, build_global_pool,
+from ret2.data.images import ImageLoader
+from ret2.data.mbeir import (
+    DATASET_IDS, DEFAULT_INSTRUCTIONS, EVAL_ROWS, INSTRUCTION_COLUMNS, TASK_IDS, build_global_pool,
     candidate_text, check_qrels, dataset_id_of, format_string, global_pool_stems, load_instructions,
     pick_instruction, query_instruction, query_text, read_candidates, read_qrels, read_queries,
 )

@@ -6,9 +6,9 @@ from pathlib import Path
 import evaluate
 import pytest
 
-from eval.metrics import compute_retrieval_metrics, hit_rate_at_k, mrr_at_k, ndcg_at_k, pseudo_recall_at_k
+from ret2.metrics import compute_retrieval_metrics, hit_rate_at_k, mrr_at_k, ndcg_at_k, pseudo_recall_at_k
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "eval" / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[1] / "ret2" / "metrics"
 L3 = 1 / math.log2(3)  # discount of rank 2: 0.6309...
 L5 = 1 / math.log2(5)  # discount of rank 4: 0.4307...
 
@@ -91,7 +91,7 @@ def test_evaluate_module_uses_the_same_implementation(tmp_path):
 def test_chance_hit_rate_matches_counting():
     from itertools import combinations
 
-    from eval.metrics import chance_hit_rate_at_k
+    from ret2.metrics import chance_hit_rate_at_k
 
     # 6 candidates, positives {0, 1}, top 2: 9 of the 15 unordered pairs contain a positive
     pairs = list(combinations(range(6), 2))

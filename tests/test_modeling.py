@@ -8,7 +8,7 @@ from transformers import BertConfig, CLIPConfig, CLIPModel, SiglipConfig, Siglip
 
 from modeling_ret2 import Ret2Model
 from modeling_ret2.modeling_ret2 import sinusoidal_table
-from training.tiny import tiny_config, tiny_model_and_processor, tiny_processor
+from ret2.tiny import tiny_config, tiny_model_and_processor, tiny_processor
 
 
 def encode(model, processor, texts, images, side="queries", **kwargs):

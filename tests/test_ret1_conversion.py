@@ -24,9 +24,9 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from conversion.ret1 import convert_ret1, main, ret1_config_to_ret2
+from ret2.conversion import convert_ret1, main, ret1_config_to_ret2
 from modeling_ret2 import Ret2Model, Ret2Processor
-from training.tiny import tiny_processor
+from ret2.tiny import tiny_processor
 
 H, K, D = 128, 4, 16  # cell width (ReT-1 derives H // 64 = 2 heads), latent tokens, late projection size
 TEXT_WIDTH, VISION_WIDTH, IMAGE_SIZE = 32, 48, 32
@@ -513,13 +513,13 @@ def test_cli(base_checkpoint, processor_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_module_cli_output_loads_in_clean_process(base_checkpoint, processor_dir, tmp_path):
-    """`python -m conversion.ret1`, then the folder loads with trust_remote_code where our packages are not
+    """`python -m ret2.conversion`, then the folder loads with trust_remote_code where our packages are not
     importable, and gives the embeddings of the reference ReT-1."""
     config, tensors = base_checkpoint
     source = write_ret1(tmp_path / "ret1", config, tensors)
     folder = tmp_path / "ret2"
     subprocess.run(
-        [sys.executable, "-m", "conversion.ret1", str(source), str(folder), "--tokenizer", str(processor_dir),
+        [sys.executable, "-m", "ret2.conversion", str(source), "--output-dir", str(folder), "--tokenizer", str(processor_dir),
          "--image-processor", str(processor_dir)],
         check=True, capture_output=True, text=True,
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)},

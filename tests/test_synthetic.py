@@ -6,13 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from eval.m2kr_format import load_m2kr
-from eval.mbeir_format import (
-    DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, TASK_IDS, TRAIN_POOL, TRAIN_QUERIES, ImageLoader,
+from ret2.data.m2kr import load_m2kr
+from ret2.data.images import ImageLoader
+from ret2.data.mbeir import (
+    DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, TASK_IDS, TRAIN_POOL, TRAIN_QUERIES,
     check_qrels, global_pool_stems, load_instructions, read_candidates, read_qrels, read_queries,
 )
-from eval.metrics import compute_retrieval_metrics
-from eval.synthetic import SCENES, caption, entity_name, generate_mbeir, main
+from ret2.metrics import compute_retrieval_metrics
+from ret2.data.synthetic import SCENES, caption, entity_name, generate_mbeir, main
 
 SMALL = dict(n_per_task=6, pool_size=30, n_train_per_task=8)
 WEBQA_QUESTIONS = {f"What is the name of the {s.size} {s.color} {s.shape} in the {s.position} on the {s.background} "
@@ -130,7 +131,7 @@ def test_deterministic_per_seed(root, tmp_path):
 
 
 def test_big_pool_for_one_row_via_cli(tmp_path, capsys):
-    main(["--output", str(tmp_path), "--seed", "0", "--n-per-task", "2", "--pool-size", "10",
+    main(["--output-dir", str(tmp_path), "--seed", "0", "--n-per-task", "2", "--pool-size", "10",
           "--n-train-per-task", "2", "--row-pool-size", "mbeir_webqa_task1_test=3000", "--no-m2kr"])
     assert capsys.readouterr().out.strip() == str(tmp_path)
     pool = jsonl(EVAL_ROWS[3].pool_path(tmp_path))

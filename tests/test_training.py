@@ -1,4 +1,4 @@
-"""ContrastiveTrainer and the `training.train` CLI on synthetic M-BEIR data with tiny models: the one-forward loss
+"""ContrastiveTrainer and the `ret2.training.train` CLI on synthetic M-BEIR data with tiny models: the one-forward loss
 with hard negatives, a falling loss, exact resumption, LoRA (what trains, what stays bit-identical, the merged model
 through remote code), and 2-process runs (slow) that match one process."""
 
@@ -13,13 +13,13 @@ import torch
 from remote_code import load_in_clean_process
 from transformers import AutoModel, TrainingArguments
 
-from eval.synthetic import generate_mbeir
-from training.collator import ContrastiveCollator
-from training.loss import ContrastiveLoss
-from training.lora import LORA_STATE_NAME, apply_lora
-from training.tiny import tiny_model_and_processor, words_of
-from training.train import DataArguments, build_datasets, main
-from training.trainer import ContrastiveTrainer, concat_inputs, side_inputs
+from ret2.data.synthetic import generate_mbeir
+from ret2.training.collator import ContrastiveCollator
+from ret2.training.loss import ContrastiveLoss
+from ret2.training.lora import LORA_STATE_NAME, apply_lora
+from ret2.tiny import tiny_model_and_processor, words_of
+from ret2.training.train import DataArguments, build_datasets, main
+from ret2.training.trainer import ContrastiveTrainer, concat_inputs, side_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,7 +38,7 @@ def cache(tmp_path_factory):
 
 def cli_args(root, cache, output_dir, *args) -> list[str]:
     return [
-        "--model_name_or_path", "tiny", "--data_root", str(root), "--output_dir", str(output_dir),
+        "--model", "tiny", "--data_root", str(root), "--output_dir", str(output_dir),
         "--dataset_cache_dir", cache, "--per_device_train_batch_size", "16", "--logging_steps", "1",
         "--disable_tqdm", "true", "--dataloader_pin_memory", "false", "--seed", "0", *args,
     ]  # fmt: skip
@@ -190,7 +190,7 @@ def run_torchrun(nproc: int, args: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "training.train", *args]
+           "-m", "ret2.training.train", *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"torchrun exited with {proc.returncode}\n--- stdout\n{proc.stdout[-5000:]}\n"
@@ -208,7 +208,7 @@ def test_two_processes_match_one(root, cache, tmp_path):
     start = tmp_path / "start"
     model.save_pretrained(start)
     processor.save_pretrained(start)
-    common = ["--model_name_or_path", str(start), "--data_root", str(root), "--dataset_cache_dir", cache,
+    common = ["--model", str(start), "--data_root", str(root), "--dataset_cache_dir", cache,
               "--max_steps", "1", "--save_steps", "1", "--optim", "sgd", "--learning_rate", "0.5",
               "--max_grad_norm", "0", "--num_hard_negatives", "1", "--eval_fraction", "0.25",
               "--per_device_eval_batch_size", "4", "--dataloader_drop_last", "true", "--disable_tqdm", "true",

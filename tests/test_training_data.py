@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from eval.mbeir_format import (
+from ret2.data.mbeir import (
     INSTRUCTIONS, TASK_IDS, TRAIN_POOL, TRAIN_QUERIES, dataset_id_of, format_string, load_instructions, query_text,
 )
-from eval.synthetic import generate_mbeir
-from training.collator import ContrastiveCollator, stable_id
-from training.data import CandidatePool, load_m2kr, load_mbeir
-from training.tiny import tiny_processor, words_of
+from ret2.data.synthetic import generate_mbeir
+from ret2.training.collator import ContrastiveCollator, stable_id
+from ret2.training.dataset import CandidatePool, load_m2kr, load_mbeir
+from ret2.tiny import tiny_processor, words_of
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,0 @@
-"""Benchmarks of ReT-2.
-
-`python -m bench` measures speed and memory on random-weight models (speed does not depend on the weights' values):
-encoding against the backbone floor and against the ReT-1 reference code, index size and exact search, training
-steps; it prints markdown tables and writes a JSON report (`python -m bench --help`; results in docs/benchmarks.md).
-`python -m bench.profile` shows where an encode call spends its time. `python -m bench.eval_pool` and
-`python -m bench.train_tiny` benchmark the evaluation pool and a tiny fine-tuning run through the CLIs' code.
-"""

@@ -1,1 +1,0 @@
-"""The main job: `python -m demo` (see README)."""

@@ -1,0 +1,31 @@
+"""The files an evaluation writes: TREC run files, `results.json` and `results.md`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def write_trec(
+    path: str | Path, qids: Sequence[str], doc_ids: Sequence[str], indices: np.ndarray, scores: np.ndarray, run_id: str
+) -> None:
+    """A TREC run file: one line `qid Q0 did rank score run_id` per retrieved document, rank from 1."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for qid, row, row_scores in zip(qids, indices, scores):
+            f.writelines(
+                f"{qid} Q0 {doc_ids[i]} {rank} {score:.6f} {run_id}\n"
+                for rank, (i, score) in enumerate(zip(row.tolist(), row_scores.tolist()), start=1)
+            )
+
+
+def write_report(output_dir: str | Path, results: dict, table: str) -> None:
+    """`results.json` (the metrics) and `results.md` (`table`) in `output_dir`."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (output_dir / "results.md").write_text(table, encoding="utf-8")

@@ -1,0 +1,43 @@
+"""Images of a dataset, opened by their path relative to the dataset root and converted to RGB exactly as the
+processor converts them (`modeling_ret2.to_rgb`: transparency composited on white, high bit depth rescaled), so
+training, evaluation and the Hub processor see the same pixels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image
+
+from modeling_ret2 import to_rgb
+
+
+class ImageLoader:
+    """Opens images by their path relative to the dataset root, on demand, as RGB.
+
+    Refuses a path that leaves the root (absolute, or `..` escaping). The check is on the normalised path, not the
+    symlink-resolved one, so an image folder symlinked to another disk still works. A file that is missing, truncated
+    or not an image raises an error naming the path and the record.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = os.path.normpath(os.path.abspath(root))
+
+    def path(self, rel_path: str) -> str:
+        """Absolute path of `rel_path` under the root; ValueError if it lies outside."""
+        full = os.path.normpath(os.path.join(self.root, rel_path))
+        if os.path.isabs(rel_path) or not full.startswith(self.root + os.sep):
+            raise ValueError(f"image path {rel_path!r} resolves outside the dataset root {self.root}")
+        return full
+
+    def __call__(self, rel_path: str, record_id: str | None = None) -> Image.Image:
+        """Load `rel_path` as an RGB image; `record_id` (qid / did) is named if the file is missing or unreadable."""
+        full = self.path(rel_path)
+        if not os.path.isfile(full):
+            raise FileNotFoundError(f"image {rel_path!r} of record {record_id!r} not found at {full}")
+        try:
+            with Image.open(full) as image:
+                image.load()  # decode now: a truncated file fails here, not later inside the processor
+                return to_rgb(image)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise ValueError(f"image {rel_path!r} of record {record_id!r} at {full} cannot be read: {err}") from err

@@ -1,0 +1,423 @@
+"""Encoding for evaluation and indexing: load a saved model, encode queries and candidate pools in batches, and keep
+pool embeddings in an on-disk cache of resumable shards, filled in parallel under `torchrun`.
+
+Cache layout (one folder per pool and key)::
+
+    <cache_dir>/<pool name>/<key>/meta.json               what the key was made of (model, dtype, pool files, shards)
+    <cache_dir>/<pool name>/<key>/shard-00000.ids          the ids of the shard's items, one per line
+    <cache_dir>/<pool name>/<key>/shard-00000.npy          their fp16 embeddings, (n, D) or (n, K, D)
+
+The key hashes the model's files (`model_fingerprint`), the dtype, the pool files' sizes and mtimes and the shard
+size. A shard holds a fixed number of items (`shard_size`, not a number of batches), so the cache does not depend on
+the batch size; each shard is written to a temporary file and renamed, so an interrupted run resumes from the last
+completed shard. Under `torchrun` every rank encodes a contiguous range of each pool's shards.
+
+Batching changes padding and matrix shapes, and with them the last bits of an embedding (about 1e-7 in fp32; after
+rounding to fp16, a few components move by one fp16 step): only candidates scored within about 1e-5 of each other can
+swap places with the batch size. The search then ranks the cached embeddings exactly (`search.search`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoModel, AutoProcessor
+from transformers.utils import cached_file
+
+from .data.images import ImageLoader
+from .distributed import Dist, barrier, init_distributed
+from .search import BACKENDS
+from .data.mbeir import record_line
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1  # bump when what is encoded for a record changes (text formatting, image handling)
+SHARD_SIZE = 10_000  # items per cache shard: the unit of resuming and of the split between ranks
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+SIDES = ("query", "document")
+# Files of a model folder that can change its embeddings: config, weights, tokenizer / processor files, remote code.
+_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".py")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One query or candidate to encode.
+
+    Attributes:
+        id: qid / did / passage id.
+        text: text to encode, or None.
+        image: image path relative to the image root, or None.
+        file: the file the record was read from (named in errors).
+        index: 0-based position of the record in that file.
+    """
+
+    id: str
+    text: str | None
+    image: str | None
+    file: str
+    index: int
+
+    def where(self) -> str:
+        """`file:line` of a JSON-lines record, else `file (record i)`. Scans the file: call it on errors only."""
+        if self.file.endswith(".jsonl"):
+            return f"{self.file}:{record_line(self.file, self.index)}"
+        return f"{self.file} (record {self.index})"
+
+
+ItemLoader = Callable[[int, int], list[Item]]  # (start, stop) -> the items start .. stop - 1
+
+
+class ItemList:
+    """An `ItemLoader` over items held in memory."""
+
+    def __init__(self, items: Sequence[Item]):
+        self.items = items
+
+    def __call__(self, start: int, stop: int) -> list[Item]:
+        return list(self.items[start:stop])
+
+
+@dataclass
+class Pool:
+    """A candidate pool to encode: its cache name, ids in order, a loader of its items, and its source files (their
+    sizes and mtimes key the cache)."""
+
+    name: str
+    ids: list[str]
+    load: ItemLoader
+    files: tuple[Path, ...]
+
+
+@dataclass
+class Embeddings:
+    """fp16 embeddings of a pool in shards (memory-mapped from the cache), and the ids of their rows in order."""
+
+    ids: list[str]
+    shards: list[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(shard.nbytes for shard in self.shards)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Embeddings]) -> Embeddings:
+        """The pools one after the other (no copy: the shards are shared)."""
+        return cls([i for p in parts for i in p.ids], [s for p in parts for s in p.shards])
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def load_model_and_processor(
+    name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, object]:
+    """A saved ReT-2 model (hub id or folder, through `AutoModel` with `trust_remote_code=True`) on `device` in
+    eval mode, and its processor."""
+    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
+    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+    return model.to(device).eval(), processor
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """sha256 of the files of a model folder that can change its embeddings (config, weights, tokenizer and
+    processor files, remote code), by name and content. A hub id is resolved to its downloaded snapshot. Content,
+    not mtimes: a folder retrained in place gets a new fingerprint, a copied one keeps it (about 1 s per GB)."""
+    folder = Path(name_or_path) if os.path.isdir(name_or_path) else Path(cached_file(name_or_path, "config.json")).parent
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix in _MODEL_FILE_SUFFIXES:
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as f:
+                while block := f.read(1 << 23):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- batched encoding
+
+
+class _Batches(torch.utils.data.Dataset):
+    """Element j is batch j (a range of items) loaded, its images opened, and processed: a DataLoader worker's job."""
+
+    def __init__(self, load: ItemLoader, ranges: Sequence[tuple[int, int]], processor, image_root: str | Path):
+        self.load, self.ranges, self.processor, self.images = load, ranges, processor, ImageLoader(image_root)
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def __getitem__(self, j: int):
+        items = self.load(*self.ranges[j])
+        texts, images = [], []
+        for item in items:
+            if not item.text and not item.image:
+                raise ValueError(f"{item.where()}: record {item.id!r} has neither text nor an image")
+            try:
+                images.append(self.images(item.image, item.id) if item.image else None)
+            except (FileNotFoundError, ValueError) as err:
+                raise type(err)(f"{item.where()}: {err}") from err
+            texts.append(item.text or None)
+        return self.processor(text=texts, images=images, return_tensors="pt")
+
+
+def _no_collate(batch):
+    return batch
+
+
+def _encode_batches(
+    model: torch.nn.Module,
+    processor,
+    load: ItemLoader,
+    ranges: Sequence[tuple[int, int]],
+    image_root: str | Path,
+    side: str,
+    num_workers: int,
+) -> Iterator[np.ndarray]:
+    """fp16 embeddings of each range of items, in order."""
+    if side not in SIDES:
+        raise ValueError(f"side {side!r} is not one of {list(SIDES)}")
+    encode = model.encode_queries if side == "query" else model.encode_documents
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        _Batches(load, ranges, processor, image_root), batch_size=None, num_workers=num_workers,
+        collate_fn=_no_collate,
+    )  # fmt: skip
+    with torch.inference_mode():
+        for batch in loader:
+            yield encode(**batch.to(device)).float().cpu().numpy().astype(np.float16)
+
+
+def _ranges(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
+    return [(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
+
+
+def encode_items(
+    model: torch.nn.Module,
+    processor,
+    items: Sequence[Item],
+    image_root: str | Path,
+    side: str = "query",
+    batch_size: int = 64,
+    num_workers: int = 0,
+    desc: str = "encode",
+) -> np.ndarray:
+    """fp16 embeddings, (N, D) or (N, K, D), of items held in memory, without cache (queries).
+
+    `side` is "query" or "document". A missing image raises FileNotFoundError naming the record's file and line,
+    the image path and the record id.
+    """
+    if not items:
+        raise ValueError(f"{desc}: nothing to encode")
+    out = []
+    with tqdm(total=len(items), desc=desc, unit="item") as bar:
+        batches = _ranges(0, len(items), batch_size)
+        for embeddings in _encode_batches(model, processor, ItemList(items), batches, image_root, side, num_workers):
+            out.append(embeddings)
+            bar.update(len(embeddings))
+    return np.concatenate(out)
+
+
+# ----------------------------------------------------------------------------- the shard cache
+
+
+def cache_folder(cache_dir: str | Path, pool: Pool, fingerprint: str, dtype: torch.dtype, shard_size: int) -> Path:
+    """`<cache_dir>/<pool name>/<key>`, created, where the key hashes everything the cached embeddings depend on:
+    the model's fingerprint, the dtype, the pool files' sizes and mtimes, the shard size and `CACHE_VERSION`. Its
+    `meta.json` spells the key out (every rank writes the same file)."""
+    key = {
+        "version": CACHE_VERSION, "model_fingerprint": fingerprint, "dtype": str(dtype), "shard_size": shard_size,
+        "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in pool.files], "count": len(pool.ids),
+    }  # fmt: skip
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / pool.name / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_atomic(folder / "meta.json", lambda f: f.write(json.dumps(key, indent=1).encode()))
+    return folder
+
+
+def _shard_path(folder: Path, shard: int, suffix: str) -> Path:
+    return folder / f"shard-{shard:05d}{suffix}"
+
+
+def _write_atomic(path: Path, write: Callable) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename: a reader never sees a partial file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _num_shards(pool: Pool, shard_size: int) -> int:
+    return -(-len(pool.ids) // shard_size)
+
+
+def encode_pool(
+    model: torch.nn.Module,
+    processor,
+    pool: Pool,
+    folder: str | Path,
+    image_root: str | Path,
+    batch_size: int = 64,
+    shard_size: int = SHARD_SIZE,
+    num_workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    on_shard: Callable[[int], None] | None = None,
+) -> None:
+    """Encode this rank's shards of `pool` (documents side) into `folder` (from `cache_folder`), skipping shards
+    already there. Rank r of `world_size` takes the contiguous shards [r * S / W, (r + 1) * S / W) of the S shards.
+    `on_shard(i)` is called after shard i is written (progress hooks, tests)."""
+    folder = Path(folder)
+    num_shards = _num_shards(pool, shard_size)
+    mine = range(rank * num_shards // world_size, (rank + 1) * num_shards // world_size)
+    todo = [s for s in mine if not _shard_path(folder, s, ".npy").exists()]
+    if len(todo) < len(mine):
+        logger.info("%s: %d of this rank's %d shards are cached", pool.name, len(mine) - len(todo), len(mine))
+    if not todo:
+        return
+    bounds = {s: (s * shard_size, min((s + 1) * shard_size, len(pool.ids))) for s in todo}
+    ranges = [r for s in todo for r in _ranges(*bounds[s], batch_size)]  # batches never straddle two shards
+    total = sum(stop - start for start, stop in bounds.values())
+    desc = f"encode {pool.name}" + (f" (rank {rank})" if world_size > 1 else "")
+    batches = _encode_batches(model, processor, pool.load, ranges, image_root, "document", num_workers)
+    with tqdm(total=total, desc=desc, unit="cand", disable=rank != 0) as bar:
+        for shard in todo:
+            start, stop = bounds[shard]
+            parts, done = [], 0
+            while done < stop - start:
+                parts.append(next(batches))
+                done += len(parts[-1])
+                bar.update(len(parts[-1]))
+            embeddings = np.concatenate(parts)
+            ids = "".join(f"{i}\n" for i in pool.ids[start:stop]).encode()
+            _write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
+            _write_atomic(_shard_path(folder, shard, ".npy"), lambda f: np.save(f, embeddings))  # last: marks done
+            if on_shard is not None:
+                on_shard(shard)
+
+
+def load_pool(pool: Pool, folder: str | Path, shard_size: int = SHARD_SIZE) -> Embeddings:
+    """The cached embeddings of `pool`, memory-mapped; errors if a shard is missing or its ids differ from the pool's."""
+    folder = Path(folder)
+    shards, ids = [], []
+    for shard in range(_num_shards(pool, shard_size)):
+        path = _shard_path(folder, shard, ".npy")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: shard {shard} of pool {pool.name!r} is not in the cache; encode the pool first")
+        shards.append(np.load(path, mmap_mode="r"))
+        ids += _shard_path(folder, shard, ".ids").read_text(encoding="utf-8").splitlines()
+    if ids != pool.ids:
+        raise ValueError(f"{folder}: cached ids differ from the ids of pool {pool.name!r}; delete this folder")
+    return Embeddings(ids, shards)
+
+
+@dataclass
+class EncodeOptions:
+    """How the evaluation (and indexing) commands encode: batching, device, dtype, the embedding cache and search.
+
+    Attributes:
+        batch_size: items per model call.
+        num_workers: DataLoader workers opening images and running the processor.
+        device: "cuda", "cpu", ... (None: CUDA when available); under torchrun each rank takes its own GPU.
+        dtype: "float32", "bfloat16" or "float16".
+        cache_dir: where pool embeddings are cached (None: `<output dir>/cache`).
+        shard_size: items per cache shard, the unit of resuming and of the split between ranks.
+        search_backend: "auto" (torch on GPU, FAISS on CPU), "faiss" or "torch".
+    """
+
+    batch_size: int = 64
+    num_workers: int = 4
+    device: str | None = None
+    dtype: str = "float32"
+    cache_dir: Path | None = None
+    shard_size: int = SHARD_SIZE
+    search_backend: str = "auto"
+
+    def __post_init__(self):
+        for name in ("batch_size", "shard_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
+        if self.search_backend not in BACKENDS:
+            raise ValueError(f"search_backend {self.search_backend!r} is not one of {list(BACKENDS)}")
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """The command-line flags of these options (`--batch-size`, ..., `--search-backend`)."""
+        parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: OUTPUT_DIR/cache)")
+        parser.add_argument("--batch-size", type=int, default=cls.batch_size, help="items per model call")
+        parser.add_argument("--shard-size", type=int, default=cls.shard_size, help="items per cache shard (the resume unit)")
+        parser.add_argument("--num-workers", type=int, default=cls.num_workers, help="DataLoader workers loading images")
+        parser.add_argument("--device", help="cuda or cpu (default: cuda if available); one GPU per rank under torchrun")
+        parser.add_argument("--dtype", choices=list(DTYPES), default=cls.dtype, help="model dtype while encoding")
+        parser.add_argument("--search-backend", choices=list(BACKENDS), default=cls.search_backend,
+                            help="auto: torch on GPU, FAISS on CPU when installed")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EncodeOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass
+class Encoder:
+    """What the evaluation commands encode with: the job layout, the model and processor, and the options."""
+
+    job: Dist
+    device: torch.device
+    model: torch.nn.Module
+    processor: object
+    options: EncodeOptions
+    fingerprint: str
+
+    @classmethod
+    def create(
+        cls, model: str | Path, options: EncodeOptions, loaded: tuple[torch.nn.Module, object] | None = None
+    ) -> Encoder:
+        """Join the distributed job (if any) and load `model` (folder or hub id) on this rank's device.
+
+        `loaded`: an in-memory (model, processor) pair to use instead of loading `model`, whose files still key the
+        cache (e.g. a baseline that is not a ReT-2 model)."""
+        if options.cache_dir is None:
+            raise ValueError("EncodeOptions.cache_dir must be set")
+        job, device = init_distributed(options.device)
+        dtype = DTYPES[options.dtype]
+        if loaded is None:
+            net, processor = load_model_and_processor(str(model), device, dtype)
+        else:
+            net, processor = loaded[0].to(device=device, dtype=dtype).eval(), loaded[1]
+        return cls(job, device, net, processor, options, model_fingerprint(str(model)))
+
+    def pools(self, pools: Sequence[Pool], image_root: str | Path) -> dict[str, Embeddings] | None:
+        """Encode every pool into the cache (each rank its shards), wait for all ranks, then on rank 0 return the
+        embeddings by pool name; None on the other ranks, which have nothing left to do."""
+        options = self.options
+        folders = {}
+        for pool in pools:
+            folders[pool.name] = cache_folder(
+                options.cache_dir, pool, self.fingerprint, DTYPES[options.dtype], options.shard_size
+            )
+            encode_pool(self.model, self.processor, pool, folders[pool.name], image_root, options.batch_size,
+                        options.shard_size, options.num_workers, self.job.rank, self.job.world_size)  # fmt: skip
+        barrier(self.job)
+        if not self.job.is_main:
+            return None
+        return {pool.name: load_pool(pool, folders[pool.name], options.shard_size) for pool in pools}
+
+    def queries(self, items: Sequence[Item], image_root: str | Path, desc: str) -> np.ndarray:
+        return encode_items(self.model, self.processor, items, image_root, "query", self.options.batch_size,
+                            self.options.num_workers, desc)  # fmt: skip

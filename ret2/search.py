@@ -1,0 +1,177 @@
+"""Exact top-k search of query embeddings against document embeddings held in shards.
+
+Single vectors, (Nq, D) against (N, D), are scored by inner product (cosine: the embeddings are normalised);
+multi-vector embeddings, (Nq, Kq, D) against (N, Kd, D), by late interaction: the sum over query tokens of the best
+dot product over the document's tokens; both through `modeling_ret2.similarity`, the model's own scoring.
+
+The search makes two passes. A scan over the documents, chunk by chunk, keeps the best `k + margin` candidates of
+every query: FAISS `IndexFlatIP` (single vectors on the CPU) or a torch matrix product (any device, both kinds),
+fp32, memory bounded by the chunk, never by the pool. The candidates are then rescored in float64 (exact for fp16
+embeddings, whatever the engine or chunking) and ordered by score, ties to the lower document index. So every
+backend, chunk size and shard layout gives the same ranking.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from modeling_ret2 import similarity
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "faiss", "torch")
+_MARGIN = 16  # extra candidates kept by the scan: engines disagree by ~1e-7 on near-ties at the k-th place
+_BLOCK = 1 << 25  # score-matrix elements per step of the scan (128 MB in fp32)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
+def _resolve_backend(backend: str, multi_vector: bool, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"search backend {backend!r} is not one of {list(BACKENDS)}")
+    if backend == "faiss":
+        if multi_vector:
+            raise ValueError("the faiss backend searches single vectors only; use 'torch' for multi-vector embeddings")
+        if _faiss() is None:
+            raise ValueError("the faiss backend needs faiss (pip install faiss-cpu)")
+        return backend
+    if backend == "auto":
+        return "faiss" if not multi_vector and device.type == "cpu" and _faiss() is not None else "torch"
+    return backend
+
+
+def _chunks(shards: Sequence[np.ndarray], rows: int):
+    """(global index of the first row, tensor in the stored dtype) of consecutive chunks of at most `rows` documents:
+    fp16 travels to the device as it is and is widened there."""
+    offset = 0
+    for shard in shards:
+        for start in range(0, len(shard), rows):
+            yield offset + start, torch.from_numpy(np.array(shard[start : start + rows]))  # a copy: shards are read-only
+        offset += len(shard)
+
+
+def _merge(best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, ids: torch.Tensor) -> None:
+    """Keep, in place, the best `width` of (best, new) candidates; best = (scores (b, width), ids (b, width))."""
+    best_scores, best_ids = best
+    all_scores = torch.cat([best_scores, scores], dim=1)  # (b, width + c)
+    top = all_scores.topk(best_scores.shape[1], dim=1)
+    best_ids.copy_(torch.cat([best_ids, ids], dim=1).gather(1, top.indices))
+    best_scores.copy_(top.values)
+
+
+def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
+    """Candidate indices (Nq, width) from a chunked torch scan on `device`."""
+    num_queries, multi = queries.shape[0], queries.dim() == 3
+    pairs = queries.shape[1] * shards[0].shape[1] if multi else 1  # token pairs scored per (query, document)
+    query_block = min(num_queries, max(1, 4096 // (queries.shape[1] if multi else 1)))
+    rows = max(1, _BLOCK // (query_block * pairs))
+    queries = queries.to(device)
+    best_scores = torch.full((num_queries, width), -torch.inf, device=device)
+    best_ids = torch.full((num_queries, width), -1, dtype=torch.long, device=device)
+    for first, docs in _chunks(shards, rows):
+        docs = docs.to(device).float()  # (c, D) or (c, Kd, D)
+        ids = torch.arange(first, first + len(docs), device=device)
+        for q in range(0, num_queries, query_block):
+            block = queries[q : q + query_block]
+            scores = similarity(block, docs)  # (b, c)
+            _merge((best_scores[q : q + query_block], best_ids[q : q + query_block]), scores, ids.expand(len(block), -1))
+    return best_ids.cpu()
+
+
+def _scan_faiss(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int) -> torch.Tensor:
+    """Candidate indices (Nq, width) from FAISS `IndexFlatIP` over one chunk of documents at a time."""
+    faiss = _faiss()
+    dim = queries.shape[1]
+    queries = np.ascontiguousarray(queries.numpy())
+    best = (torch.full((len(queries), width), -torch.inf), torch.full((len(queries), width), -1, dtype=torch.long))
+    for first, docs in _chunks(shards, max(width, _BLOCK // dim)):
+        index = faiss.IndexFlatIP(dim)
+        index.add(docs.float().numpy())
+        scores, ids = index.search(queries, min(width, len(docs)))  # (Nq, min(width, c))
+        _merge(best, torch.from_numpy(scores), torch.from_numpy(ids) + first)
+    return best[1]
+
+
+def _gather(shards: Sequence[np.ndarray], ids: np.ndarray) -> np.ndarray:
+    """Rows `ids` (global indices) of the concatenated shards: one sorted pass, one slice per shard touched."""
+    offsets = np.cumsum([0] + [len(s) for s in shards])
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    bounds = np.searchsorted(sorted_ids, offsets)  # sorted_ids[bounds[s]:bounds[s + 1]] lie in shard s
+    out = np.empty((len(ids), *shards[0].shape[1:]), dtype=shards[0].dtype)
+    for s in np.flatnonzero(np.diff(bounds)):
+        rows = slice(bounds[s], bounds[s + 1])
+        out[order[rows]] = shards[s][sorted_ids[rows] - offsets[s]]
+    return out
+
+
+def _rescore(
+    queries: torch.Tensor, shards: Sequence[np.ndarray], candidates: torch.Tensor, k: int, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact float64 scores of the candidates; the top k by score, ties to the lower index."""
+    candidates = candidates.sort(dim=1).values  # ascending ids: a stable sort then breaks ties by index
+    num_queries, width = candidates.shape
+    per_query = width * int(np.prod(shards[0].shape[1:])) * (queries.shape[1] if queries.dim() == 3 else 1)
+    block = max(1, _BLOCK // per_query)
+    out_scores, out_ids = np.empty((num_queries, k), np.float32), np.empty((num_queries, k), np.int64)
+    for q in range(0, num_queries, block):
+        ids = candidates[q : q + block]  # (b, width)
+        docs = torch.from_numpy(_gather(shards, ids.flatten().numpy())).to(device, torch.float64)
+        docs = docs.view(len(ids), width, *docs.shape[1:])  # (b, width, D) or (b, width, Kd, D)
+        query = queries[q : q + block].to(device, torch.float64)
+        scores = torch.vmap(similarity)(query.unsqueeze(1), docs).squeeze(1)  # each query against its candidates: (b, width)
+        order = scores.sort(dim=1, descending=True, stable=True).indices[:, :k].cpu()
+        out_scores[q : q + block] = scores.cpu().gather(1, order).numpy()
+        out_ids[q : q + block] = ids.gather(1, order).numpy()
+    return out_scores, out_ids
+
+
+def search(
+    queries: np.ndarray | torch.Tensor,
+    shards: Sequence[np.ndarray],
+    k: int,
+    backend: str = "auto",
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k documents of every query, best first: (scores (Nq, k) float32, indices (Nq, k) int64 into the
+    concatenated shards). k is capped at the number of documents.
+
+    Args:
+        queries: (Nq, D) single vectors or (Nq, Kq, D) multi-vector embeddings.
+        shards: document embeddings, (n_i, D) or (n_i, Kd, D) each, e.g. memory-mapped fp16 cache shards.
+        k: results per query.
+        backend: "faiss" (single vectors, CPU), "torch", or "auto" (faiss on the CPU when installed, else torch).
+        device: where the torch scan and the rescoring run.
+    """
+    shards = [s for s in shards if len(s)]
+    queries = queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else torch.from_numpy(
+        np.asarray(queries, dtype=np.float32))
+    if not shards:
+        raise ValueError("no documents to search")
+    if queries.dim() not in (2, 3) or queries.dim() != shards[0].ndim or queries.shape[-1] != shards[0].shape[-1]:
+        raise ValueError(
+            f"queries {tuple(queries.shape)} and documents {tuple(shards[0].shape)} must both be (N, D) or (N, K, D) "
+            "with the same D"
+        )
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    device = torch.device(device)
+    num_docs = sum(len(s) for s in shards)
+    k, width = min(k, num_docs), min(k + _MARGIN, num_docs)
+    if len(queries) == 0:
+        return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+    if _resolve_backend(backend, queries.dim() == 3, device) == "faiss":
+        candidates = _scan_faiss(queries, shards, width)
+    else:
+        candidates = _scan_torch(queries, shards, width, device)
+    return _rescore(queries, shards, candidates, k, device)

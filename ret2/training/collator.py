@@ -1,0 +1,73 @@
+"""Collator for contrastive training: examples of `ret2.training.dataset` -> the model's `query_*` / `doc_*` inputs."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from transformers import ProcessorMixin
+
+from ret2.data.images import ImageLoader
+
+
+def stable_id(did: str) -> int:
+    """A 64-bit integer id of a did string, the same in every process and run (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(did.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+class ContrastiveCollator:
+    """Turns training examples into one batch of model inputs.
+
+    Each example is ``{"query": item, "doc": item, "negatives": [item, ...]}`` with items ``{"id", "text",
+    "img_path"}`` (see `ret2.training.dataset`). Images are opened here, lazily, relative to `image_root`; a path that leaves
+    the root is refused.
+
+    The batch holds, for the prefixes ``query_``, ``doc_`` and (with hard negatives) ``neg_doc_``, the processor's
+    ``input_ids, attention_mask, pixel_values`` (only when that side has an image), ``text_mask, vision_mask``, plus
+    ``doc_ids`` (B,) and ``neg_doc_ids`` (B * num_hard_negatives,): int64 `stable_id`s of the dids, so that copies
+    of a document are recognised across ranks. Negatives are grouped by query: rows ``i * n ... i * n + n - 1``
+    belong to query i. There is no ``labels`` key (the Trainer treats one specially).
+
+    Args:
+        processor: a `Ret2Processor` (tokenizer and image processor).
+        image_root: the directory image paths are relative to (the dataset root for M-BEIR).
+        num_hard_negatives: negatives expected in every example (0: none, and no ``neg_doc_*`` keys).
+        max_length: truncation length of the texts (default: the tokenizer's).
+    """
+
+    def __init__(
+        self,
+        processor: ProcessorMixin,
+        image_root: str | Path,
+        num_hard_negatives: int = 0,
+        max_length: int | None = None,
+    ):
+        if not isinstance(num_hard_negatives, int) or num_hard_negatives < 0:
+            raise ValueError(f"num_hard_negatives must be an integer >= 0, got {num_hard_negatives!r}")
+        self.processor = processor
+        self.images = ImageLoader(image_root)
+        self.num_hard_negatives = num_hard_negatives
+        self.max_length = max_length
+
+    def _encode(self, prefix: str, items: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        texts = [item["text"] or None for item in items]
+        images = [self.images(item["img_path"], item["id"]) if item["img_path"] else None for item in items]
+        inputs = self.processor(text=texts, images=images, return_tensors="pt", max_length=self.max_length)
+        return {f"{prefix}{key}": value for key, value in inputs.items()}
+
+    def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        docs = [example["doc"] for example in examples]
+        batch = {**self._encode("query_", [example["query"] for example in examples]), **self._encode("doc_", docs)}
+        batch["doc_ids"] = torch.tensor([stable_id(doc["id"]) for doc in docs], dtype=torch.int64)
+        if self.num_hard_negatives:
+            counts = [len(example.get("negatives", ())) for example in examples]
+            if any(count != self.num_hard_negatives for count in counts):
+                raise ValueError(
+                    f"expected {self.num_hard_negatives} negatives per example (num_hard_negatives), got {counts}"
+                )
+            negatives = [negative for example in examples for negative in example["negatives"]]
+            batch.update(self._encode("neg_doc_", negatives))
+            batch["neg_doc_ids"] = torch.tensor([stable_id(n["id"]) for n in negatives], dtype=torch.int64)
+        return batch

@@ -1,0 +1,210 @@
+"""Fine-tune ReT-2 with the contrastive loss on M-BEIR or ReT-M2KR training data (Hugging Face Trainer).
+
+    ret2-train --model openai/clip-vit-base-patch32 --data-root /data/M-BEIR \\
+        --output-dir runs/ret2 --per-device-train-batch-size 64 --learning-rate 1e-4 --num-train-epochs 1
+
+(from a checkout: `python -m ret2.training.train ...`; every flag is accepted with dashes or underscores.)
+
+With `--data_root` alone it trains on M-BEIR's `query/union_train/mbeir_union_up_train.jsonl` against
+`cand_pool/global/mbeir_union_train_cand_pool.jsonl`, with the instructions of `instructions/query_instructions.tsv`
+when the root has it. `--model` is a ReT-2 folder or Hub id (continue training), a CLIP or SigLIP
+checkpoint (a new ReT-2 on its towers), or `tiny` (a small random model over the words of the training data, for
+tests and demos). Every TrainingArguments flag applies (`--bf16`, `--gradient_checkpointing`,
+`--resume_from_checkpoint DIR`, `--eval_strategy steps`, ...). The same command runs under
+`torchrun --nproc_per_node N -m ret2.training.train ...` and `accelerate launch -m ret2.training.train ...`.
+
+Checkpoints and the output folder load with `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
+`AutoProcessor.from_pretrained(folder, trust_remote_code=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from peft import PeftModel
+from transformers import (
+    AutoImageProcessor,
+    AutoTokenizer,
+    HfArgumentParser,
+    PreTrainedConfig,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.training_args import ParallelMode
+
+from ret2.cli import TRACEBACK_FLAG, HelpFormatter, command_name, run_cli
+from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, TRAIN_QUERIES, load_instructions
+from modeling_ret2 import Ret2Model, Ret2Processor
+
+from .collator import ContrastiveCollator
+from .dataset import FORMATS, ContrastiveDataset, StreamingContrastiveDataset, load_m2kr, load_mbeir
+from .lora import DEFAULT_LORA_TARGETS, apply_lora
+from ret2.tiny import tiny_model_and_processor, words_of
+from .trainer import ContrastiveTrainer
+
+
+@dataclass
+class ModelArguments:
+    model: str = field(
+        metadata={"help": "A ReT-2 folder or Hub id, a CLIP / SigLIP checkpoint (new ReT-2 on its towers), or `tiny`."}
+    )
+    freeze_text_tower: bool = field(default=False, metadata={"help": "Freeze the text tower."})
+    freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the vision tower."})
+    lora_r: int = field(default=0, metadata={"help": "Rank of LoRA adapters on the towers; 0 = no LoRA."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA inputs."})
+    lora_target_modules: str = field(
+        default=DEFAULT_LORA_TARGETS, metadata={"help": "Regex over module names that get LoRA adapters."}
+    )
+    merge_lora: bool = field(
+        default=False,
+        metadata={"help": "Save the final model merged only, without the unmerged LoRA state used to resume."},
+    )
+    max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
+
+
+@dataclass
+class DataArguments:
+    data_root: str | None = field(
+        default=None,
+        metadata={"help": "Dataset root: image paths and relative data paths are resolved against it. Alone, it "
+                  "selects the M-BEIR union training files at their standard paths."},
+    )  # fmt: skip
+    format: str = field(default="mbeir", metadata={"help": f"Training data format, one of {list(FORMATS)}."})
+    train_queries: str | None = field(default=None, metadata={"help": "M-BEIR training query jsonl."})
+    train_pool: str | None = field(default=None, metadata={"help": "M-BEIR candidate pool jsonl of those queries."})
+    m2kr_queries: str | None = field(default=None, metadata={"help": "ReT-M2KR training query jsonl."})
+    m2kr_passages: str | None = field(default=None, metadata={"help": "ReT-M2KR passage jsonl."})
+    image_root: str | None = field(default=None, metadata={"help": "Root of image paths (default: --data_root)."})
+    instructions: str | None = field(
+        default=None, metadata={"help": "M-BEIR query_instructions.tsv (default: the root's, else built-in prompts)."}
+    )
+    eval_queries: str | None = field(default=None, metadata={"help": "Query file to evaluate on (same format)."})
+    eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the training queries."})
+    num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (from neg_cand_list)."})
+    streaming: bool = field(default=False, metadata={"help": "Stream the query file (M-BEIR); needs --max_steps."})
+    shuffle_buffer: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed query file."})
+    dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` caches its Arrow files."})
+
+
+def _path(root: Path | None, path: str | None, default: str | None = None) -> Path | None:
+    if path is None:
+        return root / default if root is not None and default is not None else None
+    return root / path if root is not None else Path(path)
+
+
+def build_datasets(
+    args: DataArguments, seed: int
+) -> tuple[ContrastiveDataset | StreamingContrastiveDataset, ContrastiveDataset | None]:
+    """(train, eval) datasets from the data arguments."""
+    if args.format not in FORMATS:
+        raise ValueError(f"--format {args.format!r} is not one of {list(FORMATS)}")
+    root = Path(args.data_root) if args.data_root else None
+    common = dict(eval_fraction=args.eval_fraction, num_hard_negatives=args.num_hard_negatives, seed=seed)
+    if args.format == "m2kr":
+        queries, passages = _path(root, args.m2kr_queries), _path(root, args.m2kr_passages)
+        if queries is None or passages is None:
+            raise ValueError("--format m2kr needs --m2kr_queries and --m2kr_passages")
+        if args.streaming:
+            raise ValueError("--streaming reads M-BEIR query files only; ReT-M2KR files are read whole")
+        return load_m2kr(queries, passages, _path(root, args.eval_queries), **common)
+    queries, pool = _path(root, args.train_queries, TRAIN_QUERIES), _path(root, args.train_pool, TRAIN_POOL)
+    if queries is None or pool is None:
+        raise ValueError("give --data_root, or both --train_queries and --train_pool")
+    instructions = _path(root, args.instructions, INSTRUCTIONS)
+    if args.instructions is None and (instructions is None or not instructions.is_file()):
+        instructions = None
+    return load_mbeir(
+        queries,
+        pool,
+        load_instructions(instructions) if instructions is not None else DEFAULT_INSTRUCTIONS,
+        eval_queries=_path(root, args.eval_queries),
+        streaming=args.streaming,
+        cache_dir=args.dataset_cache_dir,
+        shuffle_buffer=args.shuffle_buffer if args.streaming else 0,
+        **common,
+    )
+
+
+def load_model_and_processor(
+    args: ModelArguments, train_set: ContrastiveDataset | StreamingContrastiveDataset, seed: int
+) -> tuple[Ret2Model | PeftModel, Ret2Processor]:
+    """The model to train (a peft model with `--lora_r`) and its processor."""
+    config_kwargs = dict(freeze_text_tower=args.freeze_text_tower, freeze_vision_tower=args.freeze_vision_tower)
+    name = args.model
+    if name == "tiny":
+        if not isinstance(train_set, ContrastiveDataset):
+            raise ValueError("--model tiny builds its vocabulary from the data: it needs no --streaming")
+        model, processor = tiny_model_and_processor(words_of(list(train_set.texts())), seed=seed, **config_kwargs)
+    elif PreTrainedConfig.get_config_dict(name)[0].get("model_type") == Ret2Model.config_class.model_type:
+        model, processor = Ret2Model.from_pretrained(name, **config_kwargs), Ret2Processor.from_pretrained(name)
+    else:
+        model = Ret2Model.from_backbone(name, **config_kwargs)
+        processor = Ret2Processor(
+            image_processor=AutoImageProcessor.from_pretrained(name), tokenizer=AutoTokenizer.from_pretrained(name)
+        )
+    if args.lora_r:
+        model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+    return model, processor
+
+
+def train(
+    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+) -> ContrastiveTrainer:
+    """Train, save the final model and processor to `training_args.output_dir`, evaluate when there is an
+    evaluation set. Returns the trainer (its `model` is the trained model)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise ValueError(f"launched as {os.environ['WORLD_SIZE']} processes, but the Trainer is not distributed")
+    training_args.remove_unused_columns = False  # the collator reads fields the model does not take
+    if training_args.ddp_find_unused_parameters is None:
+        # A tower sits out a step when no local sample has its modality (the model skips it).
+        training_args.ddp_find_unused_parameters = True
+    image_root = data_args.image_root or data_args.data_root
+    if image_root is None:
+        raise ValueError("give --data-root or --image-root: image paths in the data are relative to it")
+
+    set_seed(training_args.seed)
+    with training_args.main_process_first(desc="reading the training data"):
+        train_set, eval_set = build_datasets(data_args, training_args.seed)
+    model, processor = load_model_and_processor(model_args, train_set, training_args.seed)
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=training_args,
+        data_collator=ContrastiveCollator(processor, image_root, data_args.num_hard_negatives, model_args.max_length),
+        train_dataset=train_set,
+        eval_dataset=eval_set,
+        processing_class=processor,
+    )
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.log_metrics("train", result.metrics)
+    trainer.save_metrics("train", result.metrics)
+    if eval_set is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    if model_args.lora_r and model_args.merge_lora:
+        trainer.model = trainer.model.merge_and_unload()
+    trainer.save_model()
+    trainer.save_state()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> ContrastiveTrainer:
+    """`ret2-train`: parse the arguments (see the module docstring and `--help`) and `train`."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+        # Without this (or --use_cpu), accelerate leaves CPU processes undistributed: each trains its own model.
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments), prog=command_name(), description=__doc__,
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+    parser.add_argument(TRACEBACK_FLAG, action="store_true", help="on an error, show the full traceback")
+    model_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(args=argv)
+    return train(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,99 @@
+"""The package layout: what an install claims at top level, one RGB conversion for every image path, the commands."""
+
+import importlib
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import pattern
+from PIL import Image
+
+from ret2.data.images import ImageLoader
+
+REPO = Path(__file__).resolve().parents[1]
+TOP_LEVEL = {"ret2", "modeling_ret2", "configuration_ret2"}
+COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.data.synthetic", "ret2.conversion",
+            "ret2.publish", "ret2.demo", "ret2.bench", "ret2.bench.train_tiny", "ret2.bench.eval_pool",
+            "ret2.bench.profile"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_wheel_installs_exactly_the_ret2_namespace(tmp_path):
+    """Pins the layout: a built wheel holds `ret2` (with `ret2.eval` from the checkout's eval/) and the two remote-code
+    modules, and nothing else at top level (no `eval`, `training`, `bench`, `demo`, `conversion`, `data`)."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("ret2-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names if ".dist-info/" not in name}
+    assert top == TOP_LEVEL
+    for module in ("ret2/eval/mbeir.py", "ret2/eval/m2kr.py", "ret2/data/mbeir.py", "ret2/data/images.py",
+                   "ret2/training/train.py", "ret2/metrics/ret2_retrieval/ret2_retrieval.py"):  # fmt: skip
+        assert module in names
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
+    for command in ("ret2-eval-mbeir", "ret2-eval-m2kr", "ret2-train", "ret2-synthetic", "ret2-convert-ret1",
+                    "ret2-publish", "ret2-demo", "ret2-bench"):  # fmt: skip
+        assert f"{command} = ret2.cli:" in scripts
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "CMYK", "I;16", "LA"])
+def test_one_rgb_conversion_for_the_loader_and_the_processor(tmp_path, tiny, mode):
+    """The same file gives identical pixel values through the dataset loader (training, evaluation) and through
+    the Hub processor given the opened file."""
+    _, processor = tiny
+    if mode == "I;16":
+        image = Image.fromarray((np.arange(40 * 40, dtype=np.uint16).reshape(40, 40) * 37))
+    else:
+        image = pattern(3).convert("RGBA")
+        image.putalpha(Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (40, 1))))  # a real alpha ramp
+        image = image.convert(mode) if mode != "RGBA" else image
+    path = tmp_path / ("image.tiff" if mode in ("CMYK", "I;16") else "image.png")
+    image.save(path)
+    with Image.open(path) as opened:
+        assert opened.mode == mode
+        direct = processor(images=[opened], return_tensors="pt")["pixel_values"]
+    loaded = processor(images=[ImageLoader(tmp_path)(path.name, "doc-1")], return_tensors="pt")["pixel_values"]
+    assert torch.equal(direct, loaded)
+
+
+def test_truncated_image_names_the_file_and_the_record(tmp_path):
+    pattern(1).save(tmp_path / "cut.png")
+    data = (tmp_path / "cut.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"image 'cut.png' of record 'q7' at .*cut.png cannot be read"):
+        ImageLoader(tmp_path)("cut.png", "q7")
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_every_command_has_help(module, capsys):
+    """`--help` of every command runs and lists `--traceback`; every flag has help text (the shared ArgumentParser
+    refuses a flag without one)."""
+    main = importlib.import_module(module if module not in ("ret2.demo", "ret2.bench") else f"{module}.__main__").main
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: ") and "--traceback" in out
+
+
+def test_usage_shows_the_command_to_type():
+    out = subprocess.run([sys.executable, "-m", "eval.mbeir", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: python -m eval.mbeir [-h] [--traceback] --model MODEL")
+
+
+def test_cli_errors_end_in_one_line(tmp_path):
+    """A failing command prints one line naming what is wrong, exits 1, and shows the traceback only on request."""
+    command = [sys.executable, "-m", "ret2.eval.mbeir", "--model", str(tmp_path / "missing-model"), "--data_root",
+               str(tmp_path), "--output-dir", str(tmp_path / "out"), "--tasks", "no_such_task"]  # fmt: skip
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unknown task(s) ['no_such_task']" in lines[0] and "Traceback" not in out.stderr
+    out = subprocess.run([*command, "--traceback"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 1 and "Traceback" in out.stderr
