@@ -2,7 +2,9 @@
 
 Single vectors, (Nq, D) against (N, D), are scored by inner product (cosine: the embeddings are normalised);
 multi-vector embeddings, (Nq, Kq, D) against (N, Kd, D), by late interaction: the sum over query tokens of the best
-dot product over the document's tokens; both through `modeling_ret2.similarity`, the model's own scoring.
+dot product over the document's tokens; both through `modeling_ret2.similarity`, the model's own scoring. Every
+vector (each token of a multi-vector embedding, as the model makes them) is re-normalised after widening from its
+stored dtype, as UniIR does: fp16 rounding moves norms by ~1e-3, and stored rows need not be unit vectors at all.
 
 The search makes two passes. A scan over the documents, chunk by chunk, keeps the best `k + margin` candidates of
 every query: FAISS `IndexFlatIP` (single vectors on the CPU) or a torch matrix product (any device, both kinds),
@@ -26,6 +28,11 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "faiss", "torch")
 _MARGIN = 16  # extra candidates kept by the scan: engines disagree by ~1e-7 on near-ties at the k-th place
 _BLOCK = 1 << 25  # score-matrix elements per step of the scan (128 MB in fp32)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """`x` L2-normalised along its last dimension (single vectors, or each token of multi-vector embeddings)."""
+    return torch.nn.functional.normalize(x, dim=-1)
 
 
 def _faiss():
@@ -79,7 +86,7 @@ def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int,
     best_scores = torch.full((num_queries, width), -torch.inf, device=device)
     best_ids = torch.full((num_queries, width), -1, dtype=torch.long, device=device)
     for first, docs in _chunks(shards, rows):
-        docs = docs.to(device).float()  # (c, D) or (c, Kd, D)
+        docs = _unit(docs.to(device).float())  # (c, D) or (c, Kd, D)
         ids = torch.arange(first, first + len(docs), device=device)
         for q in range(0, num_queries, query_block):
             block = queries[q : q + query_block]
@@ -96,7 +103,7 @@ def _scan_faiss(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int)
     best = (torch.full((len(queries), width), -torch.inf), torch.full((len(queries), width), -1, dtype=torch.long))
     for first, docs in _chunks(shards, max(width, _BLOCK // dim)):
         index = faiss.IndexFlatIP(dim)
-        index.add(docs.float().numpy())
+        index.add(_unit(docs.float()).numpy())
         scores, ids = index.search(queries, min(width, len(docs)))  # (Nq, min(width, c))
         _merge(best, torch.from_numpy(scores), torch.from_numpy(ids) + first)
     return best[1]
@@ -126,9 +133,9 @@ def _rescore(
     out_scores, out_ids = np.empty((num_queries, k), np.float32), np.empty((num_queries, k), np.int64)
     for q in range(0, num_queries, block):
         ids = candidates[q : q + block]  # (b, width)
-        docs = torch.from_numpy(_gather(shards, ids.flatten().numpy())).to(device, torch.float64)
+        docs = _unit(torch.from_numpy(_gather(shards, ids.flatten().numpy())).to(device, torch.float64))
         docs = docs.view(len(ids), width, *docs.shape[1:])  # (b, width, D) or (b, width, Kd, D)
-        query = queries[q : q + block].to(device, torch.float64)
+        query = _unit(queries[q : q + block].to(device, torch.float64))
         scores = torch.vmap(similarity)(query.unsqueeze(1), docs).squeeze(1)  # each query against its candidates: (b, width)
         order = scores.sort(dim=1, descending=True, stable=True).indices[:, :k].cpu()
         out_scores[q : q + block] = scores.cpu().gather(1, order).numpy()
@@ -170,6 +177,7 @@ def search(
     k, width = min(k, num_docs), min(k + _MARGIN, num_docs)
     if len(queries) == 0:
         return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+    queries = _unit(queries)
     if _resolve_backend(backend, queries.dim() == 3, device) == "faiss":
         candidates = _scan_faiss(queries, shards, width)
     else:

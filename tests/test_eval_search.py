@@ -15,8 +15,10 @@ def unit_fp16(shape, seed):
 
 
 def exact_ranking(queries: np.ndarray, docs: np.ndarray, k: int) -> np.ndarray:
-    """Reference: float64 scores (`Ret2Model.similarity`), best first, ties to the lower index."""
-    scores = Ret2Model.similarity(torch.from_numpy(queries).double(), torch.from_numpy(docs).double())
+    """Reference: float64 scores (`Ret2Model.similarity`) of the re-normalised vectors, best first, ties to the lower
+    index."""
+    queries, docs = (F.normalize(torch.from_numpy(x).double(), dim=-1) for x in (queries, docs))
+    scores = Ret2Model.similarity(queries, docs)
     return scores.sort(dim=1, descending=True, stable=True).indices[:, :k].numpy()
 
 
@@ -61,8 +63,26 @@ def test_multi_vector_late_interaction():
     queries, docs = unit_fp16((6, 4, 8), seed=2), unit_fp16((50, 5, 8), seed=3)
     scores, indices = search(queries, split(docs, [20, 30]), 7)
     np.testing.assert_array_equal(indices, exact_ranking(queries, docs, 7))
-    reference = Ret2Model.similarity(torch.from_numpy(queries).float(), torch.from_numpy(docs).float())
+    reference = Ret2Model.similarity(*(F.normalize(torch.from_numpy(x).float(), dim=-1) for x in (queries, docs)))
     np.testing.assert_allclose(scores, reference.gather(1, torch.from_numpy(indices)).numpy(), rtol=1e-5)
+
+
+def test_stored_vectors_are_renormalised(single):
+    """Rows stored with any norm (fp16 rows scaled by 0.2-5, per token for multi-vector) rank as their unit versions,
+    on both backends, and score as cosines (UniIR re-normalises stored embeddings too)."""
+    rng = np.random.default_rng(0)
+    queries, docs = single
+    scaled_queries = queries * rng.uniform(0.2, 5.0, (len(queries), 1)).astype(np.float32)
+    scaled_docs = (docs * rng.uniform(0.2, 5.0, (len(docs), 1))).astype(np.float16)
+    for backend in ("faiss", "torch"):
+        scores, indices = search(scaled_queries, [scaled_docs], 10, backend=backend)
+        np.testing.assert_array_equal(indices, exact_ranking(scaled_queries, scaled_docs, 10), err_msg=backend)
+        assert scores.max() <= 1.0 + 1e-6 and scores[-1, 0] == pytest.approx(1.0)  # the last queries are docs 0-4
+    multi_queries, multi_docs = unit_fp16((6, 4, 8), seed=2), unit_fp16((50, 5, 8), seed=3)
+    multi_docs = (multi_docs * rng.uniform(0.2, 5.0, (50, 5, 1))).astype(np.float16)
+    scores, indices = search(multi_queries, [multi_docs], 7)
+    np.testing.assert_array_equal(indices, exact_ranking(multi_queries, multi_docs, 7))
+    assert scores.max() <= 4.0 + 1e-5  # a sum over 4 query tokens of cosines
 
 
 def test_search_without_faiss_falls_back_to_torch(single, monkeypatch):
