@@ -6,11 +6,14 @@ Cache layout (one folder per pool and key)::
     <cache_dir>/<pool name>/<key>/meta.json               what the key was made of (model, dtype, pool files, shards)
     <cache_dir>/<pool name>/<key>/shard-00000.ids          the ids of the shard's items, one per line
     <cache_dir>/<pool name>/<key>/shard-00000.npy          their fp16 embeddings, (n, D) or (n, K, D)
+    <cache_dir>/<pool name>/<key>/shard-00000.json         the shard's manifest: row count, shape, bytes of the .npy
 
 The key hashes the model's files (`model_fingerprint`), the dtype, the pool files' sizes and mtimes and the shard
 size. A shard holds a fixed number of items (`shard_size`, not a number of batches), so the cache does not depend on
-the batch size; each shard is written to a temporary file and renamed, so an interrupted run resumes from the last
-completed shard. Under `torchrun` every rank encodes a contiguous range of each pool's shards.
+the batch size. Each file is written to a temporary file and renamed, the manifest last; a shard is reused only if its
+manifest exists and its files match it (row count, shape, byte size), else it is re-encoded with a warning (a disk
+that filled up, a machine that died mid-write). So an interrupted run resumes from the last completed shard. Under
+`torchrun` every rank encodes a contiguous range of each pool's shards.
 
 Batching changes padding and matrix shapes, and with them the last bits of an embedding (about 1e-7 in fp32; after
 rounding to fp16, a few components move by one fp16 step): only candidates scored within about 1e-5 of each other can
@@ -41,7 +44,7 @@ from .data.mbeir import record_line
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1  # bump when what is encoded for a record changes (text formatting, image handling)
+CACHE_VERSION = 2  # bump when what is encoded for a record changes (text formatting, image handling)
 SHARD_SIZE = 10_000  # items per cache shard: the unit of resuming and of the split between ranks
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIDES = ("query", "document")
@@ -258,6 +261,27 @@ def _write_atomic(path: Path, write: Callable) -> None:
     os.replace(tmp, path)
 
 
+def _shard_problem(folder: Path, shard: int, count: int) -> str | None:
+    """Why shard `shard` (of `count` rows) in `folder` cannot be reused, or None when its manifest, written last,
+    exists and its .npy and .ids match it. Reads the .npy's header only."""
+    manifest, npy, ids = (_shard_path(folder, shard, suffix) for suffix in (".json", ".npy", ".ids"))
+    if not manifest.exists():
+        return "has no manifest (its writing never finished)"
+    try:
+        expected = json.loads(manifest.read_text(encoding="utf-8"))
+        if npy.stat().st_size != expected["bytes"]:
+            return f"{npy.name} holds {npy.stat().st_size} bytes, its manifest says {expected['bytes']} (truncated?)"
+        array = np.load(npy, mmap_mode="r")
+        shape_ok = list(array.shape) == expected["shape"] and count == expected["rows"] == len(array)
+        if array.dtype != np.float16 or not shape_ok:
+            return f"{npy.name} holds {array.dtype} {array.shape}, expected float16 with {count} rows ({expected})"
+        if len(ids.read_text(encoding="utf-8").splitlines()) != count:
+            return f"{ids.name} does not hold {count} ids"
+    except (OSError, ValueError, KeyError, TypeError) as err:  # a missing / unparsable file: re-encode, say why
+        return f"cannot be read ({type(err).__name__}: {err})"
+    return None
+
+
 def _num_shards(pool: Pool, shard_size: int) -> int:
     return -(-len(pool.ids) // shard_size)
 
@@ -281,12 +305,18 @@ def encode_pool(
     folder = Path(folder)
     num_shards = _num_shards(pool, shard_size)
     mine = range(rank * num_shards // world_size, (rank + 1) * num_shards // world_size)
-    todo = [s for s in mine if not _shard_path(folder, s, ".npy").exists()]
+    bounds = {s: (s * shard_size, min((s + 1) * shard_size, len(pool.ids))) for s in mine}
+    todo = []
+    for shard in mine:
+        problem = _shard_problem(folder, shard, bounds[shard][1] - bounds[shard][0])
+        if problem is not None:
+            todo.append(shard)
+            if any(_shard_path(folder, shard, suffix).exists() for suffix in (".npy", ".ids", ".json")):
+                logger.warning("%s: re-encoding shard %d: %s", folder, shard, problem)
     if len(todo) < len(mine):
         logger.info("%s: %d of this rank's %d shards are cached", pool.name, len(mine) - len(todo), len(mine))
     if not todo:
         return
-    bounds = {s: (s * shard_size, min((s + 1) * shard_size, len(pool.ids))) for s in todo}
     ranges = [r for s in todo for r in _ranges(*bounds[s], batch_size)]  # batches never straddle two shards
     total = sum(stop - start for start, stop in bounds.values())
     desc = f"encode {pool.name}" + (f" (rank {rank})" if world_size > 1 else "")
@@ -302,19 +332,24 @@ def encode_pool(
             embeddings = np.concatenate(parts)
             ids = "".join(f"{i}\n" for i in pool.ids[start:stop]).encode()
             _write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
-            _write_atomic(_shard_path(folder, shard, ".npy"), lambda f: np.save(f, embeddings))  # last: marks done
+            npy = _shard_path(folder, shard, ".npy")
+            _write_atomic(npy, lambda f: np.save(f, embeddings))
+            manifest = {"rows": len(embeddings), "shape": list(embeddings.shape), "bytes": npy.stat().st_size}
+            _write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))  # last
             if on_shard is not None:
                 on_shard(shard)
 
 
 def load_pool(pool: Pool, folder: str | Path, shard_size: int = SHARD_SIZE) -> Embeddings:
-    """The cached embeddings of `pool`, memory-mapped; errors if a shard is missing or its ids differ from the pool's."""
+    """The cached embeddings of `pool`, memory-mapped; errors if a shard is missing or does not match its manifest,
+    or if the ids differ from the pool's."""
     folder = Path(folder)
     shards, ids = [], []
     for shard in range(_num_shards(pool, shard_size)):
         path = _shard_path(folder, shard, ".npy")
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: shard {shard} of pool {pool.name!r} is not in the cache; encode the pool first")
+        problem = _shard_problem(folder, shard, min(shard_size, len(pool.ids) - shard * shard_size))
+        if problem is not None:
+            raise ValueError(f"{path}: shard {shard} of pool {pool.name!r} {problem}; encode the pool (rerun) to redo it")
         shards.append(np.load(path, mmap_mode="r"))
         ids += _shard_path(folder, shard, ".ids").read_text(encoding="utf-8").splitlines()
     if ids != pool.ids:

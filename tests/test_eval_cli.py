@@ -1,6 +1,7 @@
 """End-to-end runs of `ret2.eval.mbeir` and `ret2.eval.m2kr` on synthetic data with tiny saved models, and the embedding cache."""
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -151,6 +152,22 @@ def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path)
     assert resumed.ids == full.ids == pool.ids
     np.testing.assert_array_equal(np.concatenate(resumed.shards), np.concatenate(full.shards))
     assert np.concatenate(full.shards).dtype == np.float16
+
+
+def test_half_written_shard_is_re_encoded(model_dir, data, tmp_path, caplog):
+    """A shard cut short after a run (a full disk, a machine dying mid-write) and one left without its manifest are
+    re-encoded by the rerun, each with a warning naming it; the rerun's results equal the first run's."""
+    first = run_mbeir(model_dir, data, tmp_path, "--pool", "local", "--tasks", "webqa_task1")
+    shards = sorted((tmp_path / "cache" / "mbeir_webqa_task1_cand_pool").rglob("shard-*.npy"))  # 16 cands: 4 shards
+    full = shards[1].read_bytes()
+    shards[1].write_bytes(full[: len(full) // 2])
+    shards[2].with_suffix(".json").unlink()
+    with caplog.at_level(logging.WARNING, logger="ret2.encoding"):
+        again = run_mbeir(model_dir, data, tmp_path, "--pool", "local", "--tasks", "webqa_task1")
+    assert again == first and shards[1].read_bytes() == full
+    warned = [r.getMessage() for r in caplog.records if "re-encoding" in r.getMessage()]
+    assert len(warned) == 2 and "shard 1:" in warned[0] and "truncated" in warned[0]
+    assert "shard 2: has no manifest" in warned[1]
 
 
 def test_sharded_ranks_fill_the_same_cache(model_dir, data, tmp_path):
