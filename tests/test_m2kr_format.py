@@ -6,7 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ret2.data.m2kr import M2KR_DATASETS, load_m2kr, m2kr_dataset, read_ret_m2kr_queries
+from ret2.data.m2kr import (
+    M2KR_DATASETS, load_m2kr, m2kr_dataset, read_m2kr_parquet_passages, read_ret_m2kr_passages, read_ret_m2kr_queries,
+)
 
 INSTRUCTION = "Using the provided image, obtain documents that address the subsequent question:"
 EXPECTED_QUERIES = [
@@ -49,6 +51,20 @@ def test_ret_jsonl_layout(tmp_path):
     (tmp_path / "okvqa_test.jsonl").rename(tmp_path / "mine.jsonl")
     queries, _ = load_m2kr("OKVQA", tmp_path, queries=tmp_path / "mine.jsonl")
     assert queries == EXPECTED_QUERIES
+
+
+def test_duplicate_passage_ids_are_refused(tmp_path):
+    """Ids are compared as strings (7 and "7" are one passage), named with both lines (jsonl) or records (parquet)."""
+    path = tmp_path / "okvqa_passages_test.jsonl"
+    write_jsonl(path, [{"passage_id": 7, "passage_text": "a", "passage_image_path": None},
+                       {"passage_id": "8", "passage_text": "b", "passage_image_path": None},
+                       {"passage_id": "7", "passage_text": "c", "passage_image_path": None}])
+    with pytest.raises(ValueError, match=rf"{path}:1 and {path}:3: passage_id '7' appears twice"):
+        read_ret_m2kr_passages(path)
+    parquet = tmp_path / "passages.parquet"
+    pq.write_table(pa.table({"passage_id": ["1", "2", "2"], "passage_content": ["a", "b", "c"]}), parquet)
+    with pytest.raises(ValueError, match=rf"records 1 and 2 of {parquet}: passage_id '2' appears twice"):
+        read_m2kr_parquet_passages([parquet])
 
 
 def test_parquet_layout(tmp_path):

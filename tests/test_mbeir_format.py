@@ -172,6 +172,14 @@ def test_malformed_candidate_names_file_and_line(tmp_path):
         read_candidates(tmp_path / "missing.jsonl")
 
 
+def test_duplicate_did_names_both_lines(tmp_path):
+    """A pool listing a did twice would rank that document twice: refused, naming both places (line 2 is blank)."""
+    good = {"txt": "x", "img_path": None, "modality": "text", "did": "2:1", "src_content": None}
+    path = write_jsonl(tmp_path / "pool.jsonl", [good, "", {**good, "did": "2:2"}, {**good, "txt": "y"}])
+    with pytest.raises(ValueError, match=rf"{path}:1 and {path}:4: did '2:1' appears twice in the candidate pool"):
+        read_candidates(path, cache_dir=str(tmp_path / "cache"))
+
+
 def test_qrels(tmp_path):
     path = tmp_path / "qrels.txt"
     path.write_text("9:1 0 9:2 1 0\n9:1 0 9:3 0 0\n9:2 0 9:4 1 0\n9:2 0 5:7 1 0\n")

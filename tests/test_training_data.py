@@ -119,7 +119,7 @@ def test_pool_rejects_duplicate_dids():
 
     table = datasets.Dataset.from_list([{"did": "1:1", "img": None}, {"did": "1:2", "img": None},
                                         {"did": "1:1", "img": None}])
-    with pytest.raises(ValueError, match="'1:1' appears more than once"):
+    with pytest.raises(ValueError, match="records 0 and 2: did '1:1' appears twice"):
         CandidatePool(table, "did", "img", lambda r: "")
 
 

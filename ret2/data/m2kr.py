@@ -31,7 +31,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .mbeir import read_json_lines
+from .mbeir import check_unique_ids, read_json_lines
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,11 @@ def read_ret_m2kr_queries(path: str | Path) -> list[dict]:
 
 
 def read_ret_m2kr_passages(path: str | Path) -> list[dict]:
-    """Read a ReT-M2KR passage jsonl into normalised passage records."""
-    return [_passage(r["passage_id"], r["passage_text"], r["passage_image_path"])
-            for _, r in _read_json_lines(path, ("passage_id", "passage_text", "passage_image_path"))]
+    """Read a ReT-M2KR passage jsonl into normalised passage records; passage ids must be unique."""
+    passages = [_passage(r["passage_id"], r["passage_text"], r["passage_image_path"])
+                for _, r in _read_json_lines(path, ("passage_id", "passage_text", "passage_image_path"))]
+    check_unique_ids([p["pid"] for p in passages], "passage_id", path)
+    return passages
 
 
 def _read_parquet(files: Sequence[str | Path], columns: Sequence[str]) -> dict[str, list]:
@@ -150,9 +152,12 @@ def read_m2kr_parquet_queries(files: Sequence[str | Path]) -> list[dict]:
 
 
 def read_m2kr_parquet_passages(files: Sequence[str | Path]) -> list[dict]:
-    """Read original M2KR `<DS>_passages` parquet files into normalised passage records (no images)."""
+    """Read original M2KR `<DS>_passages` parquet files into normalised passage records (no images); passage ids
+    must be unique."""
     table = _read_parquet(files, ("passage_id", "passage_content"))
-    return [_passage(pid, text, None) for pid, text in zip(table["passage_id"], table["passage_content"])]
+    passages = [_passage(pid, text, None) for pid, text in zip(table["passage_id"], table["passage_content"])]
+    check_unique_ids([p["pid"] for p in passages], "passage_id", ", ".join(map(str, files)))
+    return passages
 
 
 def _as_list(files: str | Path | Sequence[str | Path]) -> list[str | Path]:

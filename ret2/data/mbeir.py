@@ -343,6 +343,24 @@ def record_line(path: str | Path, index: int) -> int:
     return line_no + 1
 
 
+def check_unique_ids(ids: Sequence[str], field: str = "did", source: str | Path | None = None) -> None:
+    """ValueError naming the first id of a candidate pool that occurs twice and both its places: `file:line` when
+    `source` is a JSON-lines file, else the 0-based record indices (of `source`, when given). The one duplicate check
+    of every pool reader (M-BEIR, M2KR) and of training's `CandidatePool`."""
+    if len(set(ids)) == len(ids):
+        return
+    first: dict[str, int] = {}
+    for index, value in enumerate(ids):
+        if value in first:
+            break
+        first[value] = index
+    if source is not None and str(source).endswith(".jsonl"):
+        where = f"{source}:{record_line(source, first[value])} and {source}:{record_line(source, index)}"
+    else:
+        where = f"records {first[value]} and {index}" + (f" of {source}" if source is not None else "")
+    raise ValueError(f"{where}: {field} {value!r} appears twice in the candidate pool (ids must be unique)")
+
+
 def _fits(value, arrow_type: pa.DataType) -> bool:
     if value is None:
         return True
@@ -434,6 +452,8 @@ def _read_jsonl(
     except Exception as err:  # noqa: BLE001 - re-raised naming the file and line
         _raise_read_error(path, schema, err)
     _validate(ds.data.table, path, 0, schema)
+    if schema is _CANDIDATES:
+        check_unique_ids(ds["did"], "did", path)
     return ds
 
 
@@ -455,7 +475,8 @@ def read_candidates(
     path: str | Path, streaming: bool = False, cache_dir: str | None = None
 ) -> datasets.Dataset | datasets.IterableDataset:
     """Read an M-BEIR candidate pool (`txt, img_path, modality, did, src_content`), validated like
-    `read_queries` (invalid JSON, missing did / modality, bad modality string, text or image missing)."""
+    `read_queries` (invalid JSON, missing did / modality, bad modality string, text or image missing) and, when not
+    streaming, for unique dids (`check_unique_ids`)."""
     return _read_jsonl(path, streaming, cache_dir, _CANDIDATES)
 
 

@@ -25,6 +25,7 @@ from ret2.data.m2kr import read_ret_m2kr_passages, read_ret_m2kr_queries
 from ret2.data.mbeir import (
     DEFAULT_INSTRUCTIONS,
     candidate_text,
+    check_unique_ids,
     query_instruction,
     query_text,
     read_candidates,
@@ -87,9 +88,7 @@ class CandidatePool:
         self.table, self.id_column, self.image_column, self.format_text = table, id_column, image_column, format_text
         self.rows = {did: row for row, did in enumerate(table[id_column])}
         if len(self.rows) != len(table):
-            seen = set()
-            duplicate = next(did for did in table[id_column] if did in seen or seen.add(did))
-            raise ValueError(f"did {duplicate!r} appears more than once in the candidate pool")
+            check_unique_ids(table[id_column], id_column)
 
     def __len__(self) -> int:
         return len(self.rows)
