@@ -10,7 +10,9 @@ Local: each query file against its own local pool. Global: every query file agai
 `cand_pool/global/mbeir_union_test_cand_pool.jsonl` exists it must hold exactly those candidates. Queries get the
 prompt_1 instruction of their (dataset, query modality, candidate modality) from `instructions/query_instructions.tsv`
 (or the built-in table), or a seeded random prompt with `--random-instruction`. Positives come from the qrels, whose
-dids must all be in the global pool.
+dids must all be in the pools read (the 16 for the global pool; for `--pool local`, the requested rows' pools, and dids
+of other datasets are not checked). A partial root works: only the requested rows' query, qrels and pool files are
+needed, plus the 16 local pools for the global pool; missing ones are all named in one error.
 
 Writes to `--output-dir`: `runs/<pool>/<query file>.trec` (TREC run files), `results.json` (fractions in [0, 1]) and
 `results.md` (UniIR's table, also printed). "recall@k" is UniIR's hit rate: 1 if any positive is in the top k.
@@ -109,13 +111,14 @@ def check_global_pool(path: Path, union_ids: list[str], cache_dir: Path) -> None
 
 
 def read_row_queries(
-    row: EvalRow, root: Path, instructions: dict, rng: random.Random | None, cache_dir: Path, pool_dids: set[str]
-) -> tuple[list[Item], list[set[str]]]:
+    row: EvalRow, root: Path, instructions: dict, rng: random.Random | None, cache_dir: Path, pool_dids: set[str],
+    datasets: set[int] | None = None,
+) -> tuple[list[Item], list[set[str]]]:  # fmt: skip
     """The queries of a row as items (instruction + text, image) and their positive dids from the qrels, checked
-    against `pool_dids` (the global pool's)."""
+    against `pool_dids` (the global pool's, or those of the pools read, of dataset ids `datasets`: `check_qrels`)."""
     path, qrels_path = row.query_path(root), row.qrels_path(root)
     qrels = read_qrels(qrels_path)
-    check_qrels(qrels, pool_dids, qrels_path)
+    check_qrels(qrels, pool_dids, qrels_path, datasets)
     items, positives = [], []
     for i, record in enumerate(read_queries(path, cache_dir=str(cache_dir / "datasets"))):
         if record["qid"] not in qrels:
@@ -150,6 +153,18 @@ def results_table(rows: Sequence[EvalRow], results: dict[str, dict]) -> str:
         "\n\nR@k is UniIR's \"Recall@k\", a hit rate: a query scores 1 if any positive is among its top k candidates. "
         f"Scores x 100; the average is the plain mean of the primary metric over {scope}.\n"
     )
+
+
+def check_files(root: Path, rows: Sequence[EvalRow], pools: Sequence[str]) -> None:
+    """FileNotFoundError listing, in one line, every file of `root` the evaluation needs and lacks: the query, qrels
+    and local pool files of `rows`, and for the global pool the 16 local pools."""
+    needed = [p for row in rows for p in (row.query_path(root), row.qrels_path(root), row.pool_path(root))]
+    needed += [row.pool_path(root) for row in EVAL_ROWS] if "global" in pools else []
+    missing = [str(p.relative_to(root)) for p in dict.fromkeys(needed) if not p.is_file()]
+    if missing:
+        scope = "the global pool is the union of the 16 local pools" if "global" in pools else "--pool local"
+        raise FileNotFoundError(f"{root}: missing M-BEIR file(s) {missing} (needed for {scope}; only the requested "
+                                "rows' query, qrels and pool files are needed otherwise)")
 
 
 def evaluate_mbeir(
@@ -203,21 +218,22 @@ def evaluate_mbeir(
     instructions_path = instructions or (root / INSTRUCTIONS if (root / INSTRUCTIONS).exists() else None)
     table = load_instructions(instructions_path) if instructions_path else DEFAULT_INSTRUCTIONS
     rng = random.Random(seed) if random_instruction else None
+    check_files(root, rows, pools)
 
     encoder = Encoder.create(model, options, loaded)
     job = encoder.job
     try:
         to_encode = EVAL_ROWS if "global" in pools else rows
         with main_first(job):  # rank 0 reads and checks every input before hours of encoding start
-            # Rank 0 needs every pool's dids (the qrels are checked against the global pool); the others what they encode.
-            candidates = {row.pool_stem: candidate_pool(row, root, cache_dir)
-                          for row in (EVAL_ROWS if job.is_main else to_encode)}
+            candidates = {row.pool_stem: candidate_pool(row, root, cache_dir) for row in to_encode}
             if job.is_main:
-                union_ids = [did for row in EVAL_ROWS for did in candidates[row.pool_stem].ids]
+                union_ids = [did for row in to_encode for did in candidates[row.pool_stem].ids]
                 if "global" in pools and (root / GLOBAL_POOL).exists():
                     check_global_pool(root / GLOBAL_POOL, union_ids, cache_dir)
-                pool_dids = set(union_ids)
-                queries = {row: read_row_queries(row, root, table, rng, cache_dir, pool_dids) for row in rows}
+                # The qrels are checked against the pools read: all 16 for the global pool, else the rows' own.
+                datasets = None if "global" in pools else {row.dataset_id for row in rows}
+                queries = {row: read_row_queries(row, root, table, rng, cache_dir, set(union_ids), datasets)
+                           for row in rows}  # fmt: skip
         embeddings = encoder.pools([candidates[row.pool_stem] for row in to_encode], root)
         if embeddings is None:
             return None

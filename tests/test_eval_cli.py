@@ -126,6 +126,24 @@ def test_global_pool_file_must_be_the_union(model_dir, data, tmp_path):
         run_mbeir(model_dir, root, tmp_path / "out", "--pool", "global", "--tasks", "webqa_task1")
 
 
+def test_partial_root_evaluates_the_rows_it_has(mbeir_run, model_dir, data, tmp_path):
+    """A root holding one row's files (a partial download) evaluates that row's local pool with the same scores as the
+    full root; the global pool, which needs all 16 local pools, names every missing file in one error."""
+    row = ROWS["mbeir_mscoco_task3_test"]
+    root = tmp_path / "partial"
+    for path in (row.query_path(data), row.qrels_path(data), row.pool_path(data), data / "mbeir_images/mscoco_images"):
+        copy = shutil.copytree if path.is_dir() else shutil.copyfile
+        (root / path.relative_to(data)).parent.mkdir(parents=True, exist_ok=True)
+        copy(path, root / path.relative_to(data))
+    results = run_mbeir(model_dir, root, tmp_path / "out", "--pool", "local", "--tasks", "mscoco_task3")
+    expected = json.loads((mbeir_run / "results.json").read_text())["local"][row.query_stem]
+    assert results["local"][row.query_stem] == pytest.approx(expected)
+    with pytest.raises(FileNotFoundError, match=r"missing M-BEIR file\(s\) \['cand_pool/local/mbeir_visualnews_task0"
+                                                r"_cand_pool.jsonl', .*\] \(needed for the global pool") as error:
+        run_mbeir(model_dir, root, tmp_path / "out", "--pool", "global", "--tasks", "mscoco_task3")
+    assert str(error.value).count(".jsonl") == 15 and "\n" not in str(error.value)
+
+
 def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path):
     """An encoding killed after 2 shards resumes with the others only and ends with the same bytes."""
     model, processor = encode.load_model_and_processor(str(model_dir))

@@ -497,18 +497,26 @@ def read_qrels(path: str | Path) -> dict[str, set[str]]:
     return qrels
 
 
-def check_qrels(qrels: Mapping[str, set[str]], pool_dids: set[str], path: str | Path) -> None:
+def check_qrels(
+    qrels: Mapping[str, set[str]], pool_dids: set[str], path: str | Path, datasets: set[int] | None = None
+) -> None:
     """Raise ValueError naming `path` and the line of the first qrel whose did is not in `pool_dids`.
 
     Check against the global pool's dids: OVEN / InfoSeek local qrels legitimately list dids of the
-    other dataset's pool, which are absent from their local pool (they just never hit there).
+    other dataset's pool, which are absent from their local pool (they just never hit there). With only some pools
+    read, give their dataset ids as `datasets`: dids of other datasets are then not checked.
     """
-    if all(d in pool_dids for dids in qrels.values() for d in dids):
+    prefixes = None if datasets is None else {f"{d}:" for d in datasets}
+
+    def unknown(did: str) -> bool:
+        return did not in pool_dids and (prefixes is None or did[: did.find(":") + 1] in prefixes)
+
+    if not any(unknown(d) for dids in qrels.values() for d in dids):
         return
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             parts = line.split()
-            if len(parts) == 5 and parts[2] not in pool_dids and parts[2] in qrels.get(parts[0], ()):
+            if len(parts) == 5 and unknown(parts[2]) and parts[2] in qrels.get(parts[0], ()):
                 raise ValueError(
                     f"{path}:{line_no}: did {parts[2]!r} of query {parts[0]!r} is not in the candidate pool"
                 )
