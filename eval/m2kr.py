@@ -8,7 +8,7 @@ own test passages, scored by Recall@K and, where the dataset has answers, Pseudo
 
 Recall@K: a query scores 1 if any gold passage id is in its top K. Pseudo Recall@K: 1 if any of the top K passage
 texts contains any gold answer (lower-cased substring). K per dataset as PreFLMR / ReT report it (`M2KR_DATASETS`).
-Writes `runs/<dataset>.trec`, `results.json` (fractions in [0, 1]) and `results.md` (also printed) to
+Writes `runs/<dataset>.trec`, `results.json` (fractions in [0, 1], and the model) and `results.md` (also printed) to
 `--output-dir`; passage embeddings are cached as in `ret2.eval.mbeir`.
 """
 
@@ -135,7 +135,7 @@ def evaluate_m2kr(
             results[dataset.name] = {name: metrics[name] for name in dataset.metric_names}
             write_trec(output_dir / "runs" / f"{dataset.stem}.trec", [q["qid"] for q in queries], pool.ids,
                        indices, scores, run_name)
-        write_report(output_dir, results, results_table(results))
+        write_report(output_dir, results, results_table(results), model, encoder.fingerprint)
         logger.info("results written to %s", output_dir)
         return results
     finally:

@@ -14,8 +14,8 @@ dids must all be in the pools read (the 16 for the global pool; for `--pool loca
 of other datasets are not checked). A partial root works: only the requested rows' query, qrels and pool files are
 needed, plus the 16 local pools for the global pool; missing ones are all named in one error.
 
-Writes to `--output-dir`: `runs/<pool>/<query file>.trec` (TREC run files), `results.json` (fractions in [0, 1]) and
-`results.md` (UniIR's table, also printed). "recall@k" is UniIR's hit rate: 1 if any positive is in the top k.
+Writes to `--output-dir`: `runs/<pool>/<query file>.trec` (TREC run files), `results.json` (fractions in [0, 1], and
+under "model" the model's name and fingerprint) and `results.md` (UniIR's table, also printed). "recall@k" is UniIR's hit rate: 1 if any positive is in the top k.
 Under `torchrun` every rank encodes its share of each pool; rank 0 then searches and scores.
 """
 
@@ -261,7 +261,7 @@ def evaluate_mbeir(
             }
             results[name]["average"] = float(np.mean([results[name][r.query_stem][f"recall@{r.primary_k}"] for r in rows]))
         report = results_table(rows, results)
-        write_report(output_dir, results, report)
+        write_report(output_dir, results, report, model, encoder.fingerprint)
         logger.info("results written to %s", output_dir)
         return results
     finally:

@@ -23,9 +23,12 @@ def write_trec(
             )
 
 
-def write_report(output_dir: str | Path, results: dict, table: str) -> None:
-    """`results.json` (the metrics) and `results.md` (`table`) in `output_dir`."""
+def write_report(output_dir: str | Path, results: dict, table: str, model: str | Path, fingerprint: str) -> None:
+    """`results.json` and `results.md` (`table`) in `output_dir`. `results.json` holds the metrics under their keys
+    and, under "model", the model they were measured on: `{"name_or_path": ..., "fingerprint": ...}`
+    (`ret2.encoding.model_fingerprint`), which `ret2-publish` checks against the model it publishes."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    named = {"model": {"name_or_path": str(model), "fingerprint": fingerprint}, **results}
+    (output_dir / "results.json").write_text(json.dumps(named, indent=2) + "\n", encoding="utf-8")
     (output_dir / "results.md").write_text(table, encoding="utf-8")

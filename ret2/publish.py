@@ -34,6 +34,7 @@ from PIL import Image
 
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser, run_cli
+from ret2.encoding import model_fingerprint
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle")
 # Files a Trainer writes beside the model: never loaded here, never published.
@@ -482,6 +483,25 @@ class Published:
     revision: str | None = None
 
 
+def check_results_model(results: dict, path: str | Path, checkpoint: Path) -> None:
+    """PublishError unless `results` (a `results.json`) was written for the model in `checkpoint`: the fingerprint
+    it records under "model" (`ret2.encoding.model_fingerprint`) must be the folder's."""
+    named = results.get("model") if isinstance(results.get("model"), dict) else {}
+    if "fingerprint" not in named:
+        raise PublishError(
+            f"--eval-results {path} does not name the model it was measured on (no \"model\" fingerprint: written by "
+            "hand or by an older ret2); re-run the evaluation on this model, or pass --ignore-results-model."
+        )
+    fingerprint = model_fingerprint(str(checkpoint))
+    if named["fingerprint"] != fingerprint:
+        raise PublishError(
+            f"--eval-results {path} was measured on {named.get('name_or_path')!r} (fingerprint "
+            f"{named['fingerprint'][:12]}), not on the model published here (fingerprint {fingerprint[:12]}: its "
+            "config, weights, processor files or code differ); re-run the evaluation on this model, or pass "
+            "--ignore-results-model if the scores apply to it anyway (e.g. a LoRA adapter evaluated merged)."
+        )
+
+
 def publish(
     model: str | Path | None,
     repo_id: str,
@@ -492,11 +512,14 @@ def publish(
     revision: str = "main",
     commit_message: str = "Upload ReT-2 model",
     eval_results: str | Path | None = None,
+    ignore_results_model: bool = False,
     datasets: list[str] | None = None,
     license: str = "apache-2.0",
     base_model: list[str] | None = None,
     allow_pickle: bool = False,
     dry_run: str | Path | None = None,
+    tokenizer: str | None = None,
+    image_processor: str | None = None,
     api: HfApi | None = None,
 ) -> Published:
     """Assemble, verify in a clean process and (unless `dry_run`) upload a ReT-2 model; see the module docstring.
@@ -506,7 +529,10 @@ def publish(
             None with `from_ret1`.
         repo_id: the target repository, `org/name`.
         from_ret1: a ReT-1 checkpoint (folder or Hub id) to convert and publish instead of `model`.
-        eval_results: a `results.json` of `ret2-eval-mbeir` / `ret2-eval-m2kr`, rendered in the model card.
+        eval_results: a `results.json` of `ret2-eval-mbeir` / `ret2-eval-m2kr`, rendered in the model card. It must
+            name the published model (its "model" fingerprint), unless `ignore_results_model`.
+        tokenizer, image_processor: with `from_ret1`, where the converter loads the towers' tokenizer and image
+            processor (local folder or Hub id; default: the towers' `_name_or_path`, which needs the network).
         dry_run: a new or empty folder to assemble and verify into; nothing is uploaded.
         api: replaces `HfApi()` (tests pass a recording stand-in).
 
@@ -515,6 +541,8 @@ def publish(
     """
     if (model is None) == (from_ret1 is None):
         raise PublishError("give exactly one of a model folder and from_ret1")
+    if from_ret1 is None and (tokenizer or image_processor):
+        raise PublishError("--tokenizer / --image-processor are for --from-ret1 (the converter's preprocessing) only")
     try:
         repo_id = repo_id_arg(repo_id)
     except argparse.ArgumentTypeError as error:
@@ -534,9 +562,11 @@ def publish(
             with step(f"convert ReT-1 checkpoint {from_ret1}"):
                 from ret2.conversion import convert_ret1  # only this path needs the converter
 
-                checkpoint = convert_ret1(from_ret1, Path(scratch) / "converted")
+                checkpoint = convert_ret1(from_ret1, Path(scratch) / "converted", tokenizer, image_processor)
             name = f" `{from_ret1}`" if is_hub_id(from_ret1) else ""
             source_note = f"Converted from the official ReT-1 checkpoint{name}."
+        if results is not None and not ignore_results_model:
+            check_results_model(results, eval_results, checkpoint)
         with step(f"load {checkpoint}"):
             net, processor = load_checkpoint(checkpoint, base, allow_pickle)
         towers = (net.config.text_config._name_or_path, net.config.vision_config._name_or_path)
@@ -589,6 +619,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="results.json of the eval scripts (nested metrics as fractions), rendered as tables in the model card",
     )  # fmt: skip
     parser.add_argument(
+        "--ignore-results-model", action="store_true",
+        help="publish --eval-results even if it was measured on another model (its fingerprint differs) or names none",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tokenizer", metavar="DIR",
+        help="with --from-ret1: the towers' tokenizer (folder or Hub id; default: the text tower's _name_or_path)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--image-processor", metavar="DIR",
+        help="with --from-ret1: the vision tower's image processor (folder or Hub id; default: its _name_or_path)",
+    )  # fmt: skip
+    parser.add_argument(
         "--datasets", nargs="+", metavar="ID",
         help="Hub dataset ids for the card metadata; default: the benchmarks named in --eval-results",
     )  # fmt: skip
@@ -615,8 +657,9 @@ def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
         done = publish(
             args.model, args.repo_id, from_ret1=args.from_ret1, base=args.base, private=args.private,
             revision=args.revision, commit_message=args.commit_message, eval_results=args.eval_results,
-            datasets=args.datasets, license=args.license, base_model=args.base_model, allow_pickle=args.allow_pickle,
-            dry_run=args.dry_run, api=api,
+            ignore_results_model=args.ignore_results_model, datasets=args.datasets, license=args.license,
+            base_model=args.base_model, allow_pickle=args.allow_pickle, dry_run=args.dry_run, tokenizer=args.tokenizer,
+            image_processor=args.image_processor, api=api,
         )  # fmt: skip
     except PublishError as error:
         print(f"error: {redact(str(error))}", file=sys.stderr)

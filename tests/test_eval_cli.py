@@ -66,8 +66,9 @@ def trec_rankings(path: Path) -> list[tuple[str, str, int]]:
     return [(qid, did, int(rank)) for qid, _, did, rank, _, _ in (line.split() for line in path.read_text().splitlines())]
 
 
-def test_mbeir_outputs(mbeir_run, data):
+def test_mbeir_outputs(mbeir_run, model_dir, data):
     results = json.loads((mbeir_run / "results.json").read_text())
+    assert results.pop("model") == {"name_or_path": str(model_dir), "fingerprint": model_fingerprint(str(model_dir))}
     assert set(results) == {"local", "global"}
     for pool, rows in results.items():
         assert set(rows) == set(ROWS) | {"average"}
@@ -226,7 +227,8 @@ def test_multi_vector_model_end_to_end(data, tmp_path):
 def test_m2kr_end_to_end(model_dir, data, tmp_path):
     results = m2kr.main(["--model", str(model_dir), "--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path),
                          "--device", "cpu", "--num-workers", "1", "--batch-size", "6"])
-    assert json.loads((tmp_path / "results.json").read_text()) == results
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved.pop("model")["fingerprint"] == model_fingerprint(str(model_dir)) and saved == results
     assert {name: list(metrics) for name, metrics in results.items()} == {
         "OVEN": ["recall@5"], "InfoSeek": ["recall@5", "pseudo_recall@5"], "E-VQA": ["recall@5", "pseudo_recall@5"],
     }

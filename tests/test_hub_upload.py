@@ -12,7 +12,10 @@ from conftest import WORDS, pattern
 from huggingface_hub import ModelCard
 from remote_code import load_in_clean_process
 
-from ret2.publish import M2KR_ID, MBEIR_ID, PublishError, datasets_of, main, metrics_markdown, verify_in_clean_process
+from ret2.encoding import model_fingerprint
+from ret2.publish import (
+    M2KR_ID, MBEIR_ID, PublishError, build_parser, datasets_of, main, metrics_markdown, publish, verify_in_clean_process,
+)
 from modeling_ret2 import Ret2Model
 from ret2.tiny import tiny_model_and_processor
 
@@ -90,7 +93,8 @@ def checkpoint(source, tmp_path_factory) -> Path:
 def dry_run(checkpoint, tmp_path_factory) -> Path:
     """The folder of a dry run of `checkpoint` with eval results."""
     work = tmp_path_factory.mktemp("dry")
-    (work / "results.json").write_text(json.dumps(RESULTS))
+    model = {"name_or_path": "runs/ret2-tiny", "fingerprint": model_fingerprint(str(checkpoint))}
+    (work / "results.json").write_text(json.dumps({"model": model, **RESULTS}))
     out = work / "out"
     argv = ["--model", str(checkpoint), "--repo-id", "org/ret2-tiny", "--eval-results", str(work / "results.json")]
     assert main(argv + ["--dry-run", str(out)]) == 0
@@ -162,6 +166,39 @@ def test_metrics_markdown_renders_any_nested_dict():
     ]
     assert datasets_of(m2kr) == [M2KR_ID] and datasets_of(RESULTS) == [MBEIR_ID]
     assert metrics_markdown({"m2kr": {"E-VQA": {"recall@5": 1.0}}}).startswith("**m2kr**\n\n| dataset | recall@5 |")
+
+
+def test_results_of_another_model_are_refused(checkpoint, tmp_path, capsys):
+    """results.json names the model it was measured on (its fingerprint): results of another model, or naming none,
+    are refused before anything is assembled, with the way out."""
+    argv = ["--model", str(checkpoint), "--repo-id", "org/ret2-tiny", "--eval-results", str(tmp_path / "results.json"),
+            "--dry-run", str(tmp_path / "out")]  # fmt: skip
+    other = {"name_or_path": "runs/other", "fingerprint": "0" * 64}
+    for results, message in (({"model": other, **RESULTS}, "was measured on 'runs/other' (fingerprint 000000000000)"),
+                             (RESULTS, "does not name the model it was measured on")):
+        (tmp_path / "results.json").write_text(json.dumps(results))
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert message in err and "--ignore-results-model" in err and not (tmp_path / "out").exists()
+
+
+def test_converter_preprocessing_flags_pass_through(checkpoint, monkeypatch):
+    """--tokenizer / --image-processor (which the converter's offline error asks for) reach `convert_ret1`."""
+    args = build_parser().parse_args(["--from-ret1", "src", "--repo-id", "o/n", "--tokenizer", "tok",
+                                      "--image-processor", "img"])  # fmt: skip
+    assert (args.tokenizer, args.image_processor) == ("tok", "img")
+    calls = []
+
+    def convert_ret1(source_id, output, tokenizer=None, image_processor=None) -> Path:
+        calls.append((source_id, tokenizer, image_processor))
+        raise OSError("offline")
+
+    monkeypatch.setitem(sys.modules, "ret2.conversion", SimpleNamespace(convert_ret1=convert_ret1))
+    with pytest.raises(PublishError, match="offline"):
+        publish(None, "o/n", from_ret1="src", tokenizer="tok", image_processor="img", dry_run="unused")
+    assert calls == [("src", "tok", "img")]
+    with pytest.raises(PublishError, match="are for --from-ret1"):
+        publish(checkpoint, "o/n", tokenizer="tok")
 
 
 @pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "org/bad name"])
