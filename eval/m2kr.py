@@ -21,6 +21,7 @@ from typing import Sequence
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.distributed import finish
+from ret2.data.images import ImageLoader
 from ret2.encoding import EncodeOptions, Encoder, Item, ItemList, Pool
 from ret2.data.m2kr import M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
 from ret2.metrics import compute_retrieval_metrics
@@ -55,6 +56,17 @@ def select_datasets(names: Sequence[str] | None, root: Path, layout: str) -> lis
     return found
 
 
+def check_image_root(items: Sequence[Item], image_root: Path) -> None:
+    """FileNotFoundError naming the record, its image path and `image_root` when the first item with an image has no
+    file under `image_root`: a wrong `--image-root` fails before any encoding."""
+    first = next((item for item in items if item.image), None)
+    if first is not None and not Path(ImageLoader(image_root).path(first.image)).is_file():
+        raise FileNotFoundError(
+            f"{first.where()}: image {first.image!r} of record {first.id!r} is not under the image root {image_root} "
+            "(image paths are relative to --image-root, default: --data-root; ReT-M2KR's are relative to its root)"
+        )
+
+
 def results_table(results: dict[str, dict[str, float]]) -> str:
     """One line per sub-dataset: Recall@K and Pseudo Recall@K (where reported), scores x 100."""
     lines = ["| Dataset | Recall@K | Pseudo Recall@K |", "|---|---:|---:|"]
@@ -83,7 +95,8 @@ def evaluate_m2kr(
         model: saved ReT-2 folder or hub id (loaded with `trust_remote_code`).
         data_root: folder of the ReT-M2KR jsonl files (`layout="ret"`) or of the M2KR parquet configs ("parquet").
         output_dir: where TREC runs, `results.json`, `results.md` and (by default) the cache go.
-        image_root: root of the records' image paths (None: `data_root`).
+        image_root: root of the records' image paths (None: `data_root`, right for ReT-M2KR, whose paths are
+            `images/...` relative to its root). A wrong one fails before encoding, naming a record and its path.
         datasets: sub-datasets to evaluate (None: every one found under `data_root`).
         options: batching, device, dtype, cache and search backend.
 
@@ -105,9 +118,13 @@ def evaluate_m2kr(
             queries, passages = load_m2kr(dataset.name, root, layout)
             queries_at, passages_at, passage_files = _sources(dataset, root, layout)
             items = [Item(p["pid"], p["text"] or None, p["img_path"], str(passages_at), i) for i, p in enumerate(passages)]
+            query_items = [Item(q["qid"], q["text"] or None, q["img_path"], str(queries_at), i)
+                           for i, q in enumerate(queries)]  # fmt: skip
+            check_image_root(query_items, image_root)
+            check_image_root(items, image_root)
             pools.append(Pool(f"m2kr_{layout}_{dataset.stem}_passages", [p["pid"] for p in passages],
                               ItemList(items), tuple(passage_files)))
-            data[dataset.name] = (queries, passages, str(queries_at))
+            data[dataset.name] = (queries, passages, query_items)
         embeddings = encoder.pools(pools, image_root)
         if embeddings is None:
             return None
@@ -115,14 +132,13 @@ def evaluate_m2kr(
         run_name = Path(str(model).rstrip("/")).name
         results = {}
         for dataset, pool in zip(chosen, pools):
-            queries, passages, queries_at = data[dataset.name]
+            queries, passages, items = data[dataset.name]
             positives = [set(q["pos_ids"]) for q in queries]
             known = set(pool.ids)
             absent = sum(not p & known for p in positives)
             if absent:
                 logger.warning("%s: %d of %d queries have no gold passage among the %d test passages",
                                dataset.name, absent, len(queries), len(passages))
-            items = [Item(q["qid"], q["text"] or None, q["img_path"], queries_at, i) for i, q in enumerate(queries)]
             query_embeddings = encoder.queries(items, image_root, f"queries {dataset.name}")
             ks = sorted({dataset.recall_k, dataset.pseudo_k or dataset.recall_k})
             scores, indices = search(query_embeddings, embeddings[pool.name].shards, ks[-1], options.search_backend,
@@ -150,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="folder of the ReT-M2KR jsonl files or M2KR parquet configs")
     parser.add_argument("--output-dir", required=True, type=Path, help="where TREC runs, results.json and .md go")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="ret", help="ret: ReT-M2KR jsonl; parquet: M2KR")
-    parser.add_argument("--image-root", type=Path, help="root of the image paths in the records (default: DATA_ROOT)")
+    parser.add_argument("--image-root", type=Path,
+                        help="root of the image paths in the records (default: DATA_ROOT; ReT-M2KR's paths are "
+                             "relative to its root)")
     parser.add_argument("--datasets", nargs="+", help=f"sub-datasets (default: all found), of {list(M2KR_DATASETS)}")
     EncodeOptions.add_arguments(parser)
     args = parser.parse_args(argv)

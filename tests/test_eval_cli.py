@@ -238,6 +238,19 @@ def test_m2kr_end_to_end(model_dir, data, tmp_path):
     assert [int(line[3]) for line in lines[:5]] == [1, 2, 3, 4, 5]
 
 
+def test_m2kr_wrong_image_root_fails_before_encoding(model_dir, data, tmp_path):
+    """ReT-M2KR image paths are `images/...` under the dataset root (the default image root); the root's `images/`
+    folder as --image-root is refused before any encoding, naming the record, its line and its path."""
+    m2kr_root = data / "m2kr"
+    line_no, first = next(read_json_lines(m2kr_root / "oven_test.jsonl"))
+    assert first["image_path"].startswith("images/") and (m2kr_root / first["image_path"]).is_file()
+    with pytest.raises(FileNotFoundError, match=rf"oven_test.jsonl:{line_no}: image '{first['image_path']}' of record "
+                                                rf"'{first['data_id']}' is not under the image root {m2kr_root}/images"):
+        m2kr.main(["--model", str(model_dir), "--data-root", str(m2kr_root), "--image-root", str(m2kr_root / "images"),
+                   "--output-dir", str(tmp_path), "--device", "cpu", "--num-workers", "0", "--datasets", "OVEN"])
+    assert not list(tmp_path.rglob("*.npy"))
+
+
 def test_missing_image_names_file_line_and_path(model_dir, data, tmp_path):
     root = shutil.copytree(data, tmp_path / "data", ignore=shutil.ignore_patterns("m2kr"))
     pool = ROWS["mbeir_nights_task4_test"].pool_path(root)
