@@ -127,6 +127,22 @@ def test_resume_continues_exactly(root, cache, tmp_path, mode):
     assert len({expected[step] for step in expected}) == 6
 
 
+def test_resume_with_other_freeze_or_lora_flags_says_what_differs(root, cache, tmp_path):
+    """A checkpoint records what it trained; resuming it frozen or with LoRA is refused, naming the difference."""
+    extra = ["--per_device_train_batch_size", "32", "--save_steps", "1", "--max_steps", "1"]
+    main(cli_args(root, cache, tmp_path / "full", *extra))
+    checkpoint = str(tmp_path / "full" / "checkpoint-1")
+    assert "text_model.embeddings.token_embedding.weight" in json.loads(
+        (tmp_path / "full" / "checkpoint-1" / "trainable_parameters.json").read_text())
+    resume = ["--max_steps", "2", "--resume_from_checkpoint", checkpoint]
+    with pytest.raises(ValueError, match=r"only in the checkpoint: text_model \(\d+ tensors\); only in this run: none"):
+        main(cli_args(root, cache, tmp_path / "frozen", *extra[:4], *resume, "--freeze_text_tower", "true"))
+    with pytest.raises(ValueError, match=r"only in the checkpoint: text_model \(\d+ tensors\), vision_model \(\d+ "
+                                         r"tensors\); only in this run: text_model LoRA adapters \(\d+ tensors\), "
+                                         r"vision_model LoRA adapters .*--lora_\* flags of the run that wrote it"):
+        main(cli_args(root, cache, tmp_path / "lora", *extra[:4], *resume, "--lora_r", "2"))
+
+
 def test_lora_trains_adapters_encoders_and_logit_scale_only(root, cache, tmp_path):
     """Trainable: the LoRA matrices on the towers' attention projections, the ReT-2 encoder and logit_scale. After
     training steps every other weight is bit-identical, and the trainable ones moved."""

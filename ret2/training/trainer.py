@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 
 import torch
 from peft import PeftModel
@@ -10,10 +12,20 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer, TrainerCallback
 from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import EvalLoopOutput
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, EvalLoopOutput
 
 from .loss import ContrastiveLoss, in_batch_recall_at_1
 from .lora import LORA_STATE_NAME, load_trainable_state_dict, merged_state_dict, trainable_state_dict
+
+TRAINABLE_NAME = "trainable_parameters.json"  # in each checkpoint: {name: shape} of what trained, checked on resume
+
+
+def _describe(names: set[str]) -> str:
+    """Parameter names grouped by top-level module (LoRA adapters apart), e.g. "text_model (36 tensors)"."""
+    groups = Counter()
+    for name in names:
+        groups[name.split(".")[0] + (" LoRA adapters" if ".lora_" in name else "")] += 1
+    return ", ".join(f"{group} ({count} tensors)" for group, count in sorted(groups.items())) or "none"
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "text_mask", "vision_mask")
 
@@ -66,6 +78,9 @@ class ContrastiveTrainer(Trainer):
 
     A peft LoRA model (`ret2.training.lora.apply_lora`) is saved as the plain model with its adapters merged, loadable
     with `AutoModel`, plus the unmerged trainable state, from which `resume_from_checkpoint` restarts.
+
+    Every checkpoint records its trainable parameters and their shapes (`trainable_parameters.json`); resuming with
+    other freeze / LoRA settings raises a ValueError saying what differs (not PyTorch's optimizer-group mismatch).
 
     Args:
         loss: the loss (default `ContrastiveLoss()`); other arguments are the Trainer's. `args.remove_unused_columns`
@@ -137,7 +152,40 @@ class ContrastiveTrainer(Trainer):
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
+    def _trainable(self) -> dict[str, list[int]]:
+        """{name: shape} of the trainable parameters, named as in the plain model (without peft's prefix)."""
+        return {name.removeprefix("base_model.model."): list(p.shape)
+                for name, p in self.model.named_parameters() if p.requires_grad}  # fmt: skip
+
+    def _save_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with open(os.path.join(folder, TRAINABLE_NAME), "w", encoding="utf-8") as f:
+                json.dump(self._trainable(), f, indent=0)
+
+    def _check_trainable(self, checkpoint: str) -> None:
+        """ValueError unless this run trains the parameters (names and shapes) the checkpoint's run trained."""
+        path = os.path.join(checkpoint, TRAINABLE_NAME)
+        if not os.path.isfile(path):  # a checkpoint written before ret2 recorded them: nothing to compare
+            return
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        now = self._trainable()
+        if saved == now:
+            return
+        reshaped = sorted(n for n in set(saved) & set(now) if saved[n] != now[n])
+        raise ValueError(
+            f"cannot resume from {checkpoint}: it trained other parameters than this run (other freeze / LoRA "
+            f"settings). Trained only in the checkpoint: {_describe(set(saved) - set(now))}; only in this run: "
+            f"{_describe(set(now) - set(saved))}"
+            + (f"; other shapes: {reshaped[0]} {saved[reshaped[0]]} -> {now[reshaped[0]]} and {len(reshaped) - 1} more"
+               if reshaped else "")
+            + ". Resume with the --freeze_text_tower / --freeze_vision_tower / --lora_* flags of the run that wrote it."
+        )
+
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        self._check_trainable(resume_from_checkpoint)
         model = model if model is not None else self.model
         if not isinstance(model, PeftModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
