@@ -596,7 +596,8 @@ def check_encode_inputs(
                     "as having text: a present text needs at least one token (set text_mask to 0 where there is none)."
                 )
     if pixel_values is not None:
-        peak = float(pixel_values.detach().abs().amax())
+        low, high = (float(v) for v in pixel_values.detach().aminmax())  # one pass, no copy; NaN propagates
+        peak = max(-low, high)
         if not math.isfinite(peak):
             rows = (~torch.isfinite(pixel_values).flatten(1).all(1)).nonzero().flatten().tolist()
             raise ValueError(f"pixel_values of samples {rows} hold NaN or inf; every value must be finite.")
