@@ -1,5 +1,9 @@
 """ReT-2 model configuration."""
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import logging
@@ -28,6 +32,110 @@ def _tower_depth(config: PreTrainedConfig) -> int:
     if depth is None:
         raise ValueError(f"Cannot read the depth (`num_hidden_layers`) of the {type(config).__name__} tower config.")
     return depth
+
+
+def _integer(value: object) -> int | None:
+    """`value` as an int if it is an integer (numpy integers included, bools not), else None."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return None
+    try:
+        return value.__index__()
+    except TypeError:  # e.g. a tensor of several elements
+        return None
+
+
+def _real(value: object) -> float | None:
+    """`value` as a float if it is a real number (ints and numpy floats included, bools and strings not), else None."""
+    if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _layer_ids(value: object) -> list[int] | None:
+    if not isinstance(value, (list, tuple)):
+        return None
+    ids = [_integer(i) for i in value]
+    return None if None in ids else ids
+
+
+# kind -> (the value converted to that kind, or None if it is not of that kind; the kind in words)
+_KINDS: dict[str, tuple[Callable[[object], object], str]] = {
+    "int": (_integer, "an int"),
+    "float": (_real, "a float (or int)"),
+    "bool": (lambda v: v if isinstance(v, bool) else None, "a bool (True or False)"),
+    "str": (lambda v: v if isinstance(v, str) else None, "a str"),
+    "layer_ids": (_layer_ids, "a list of ints"),
+    "config": (lambda v: v if isinstance(v, (dict, PreTrainedConfig)) else None, "a dict or a PreTrainedConfig"),
+}
+
+
+@dataclass(frozen=True)
+class FieldRule:
+    """What a `Ret2Config` field may hold: its kind (a key of `_KINDS`), optionally a test of the value and the
+    valid values in words, and whether None is allowed (the field is then derived in `__post_init__`)."""
+
+    kind: str
+    check: Callable[[object], bool] | None = None
+    valid: str = ""
+    optional: bool = False
+
+    def apply(self, name: str, value: object) -> object:
+        """`value` converted to the field's kind (ints for floats, numpy numbers, tuples for lists); raises
+        `TypeError` for another type and `ValueError` for a value outside the valid ones, naming field and value."""
+        if value is None and self.optional:
+            return None
+        convert, kind_words = _KINDS[self.kind]
+        converted = convert(value)
+        if converted is None:
+            got = type(value).__name__
+            if isinstance(value, (list, tuple)) and self.kind == "layer_ids":
+                index = next(i for i, item in enumerate(value) if _integer(item) is None)
+                got += f" with a {type(value[index]).__name__} at index {index}"
+            raise TypeError(f"{name}={value!r} must be {kind_words}, got {got}.")
+        if self.check is not None and not self.check(converted):
+            raise ValueError(f"{name}={converted!r} must be {self.valid}.")
+        return converted
+
+
+_POSITIVE = dict(check=lambda v: v >= 1, valid="a positive integer")
+_PROBABILITY = dict(check=lambda v: 0.0 <= v < 1.0, valid="in [0, 1)")
+_STD = dict(check=lambda v: v > 0, valid="> 0")
+_FINITE = dict(check=math.isfinite, valid="a finite number")
+_INCREASING = dict(
+    check=lambda ids: all(a < b for a, b in zip(ids, ids[1:])),
+    valid="strictly increasing: the cell walks the taps shallow to deep, each once",
+)
+# Every field Ret2Config declares, checked on every assignment (construction, from_pretrained overrides, setattr).
+# Checks that involve several fields (taps within the tower's depth, heads dividing the width) run in `_validate`.
+FIELD_RULES: dict[str, FieldRule] = {
+    "text_config": FieldRule("config", optional=True),
+    "vision_config": FieldRule("config", optional=True),
+    "text_layer_ids": FieldRule("layer_ids", **_INCREASING, optional=True),
+    "vision_layer_ids": FieldRule("layer_ids", **_INCREASING, optional=True),
+    "layer_preset": FieldRule(
+        "str", check=lambda v: v in LAYER_PRESETS, valid=f"one of {sorted(LAYER_PRESETS)}", optional=True
+    ),
+    "hidden_size": FieldRule("int", **_POSITIVE),
+    "num_latent_tokens": FieldRule("int", **_POSITIVE),
+    "num_attention_heads": FieldRule("int", **_POSITIVE, optional=True),
+    "pooling": FieldRule("str", check=lambda v: v in POOLING_MODES, valid=f"one of {list(POOLING_MODES)}"),
+    "embedding_dim": FieldRule("int", **_POSITIVE),
+    "share_encoder": FieldRule("bool"),
+    "freeze_text_tower": FieldRule("bool"),
+    "freeze_vision_tower": FieldRule("bool"),
+    "input_gate_bias_prior": FieldRule("float", **_FINITE),
+    "forget_gate_bias_prior": FieldRule("float", **_FINITE),
+    "use_tanh": FieldRule("bool"),
+    "dropout": FieldRule("float", **_PROBABILITY),
+    "attention_dropout": FieldRule("float", **_PROBABILITY),
+    "latent_init_std": FieldRule("float", **_STD),
+    "initializer_range": FieldRule("float", **_STD),
+    "logit_scale_init": FieldRule("float", **_FINITE),
+    "skip_missing_modalities": FieldRule("bool"),
+}
 
 
 class Ret2Config(PreTrainedConfig):
@@ -91,6 +199,10 @@ class Ret2Config(PreTrainedConfig):
             Never run a tower on samples that lack its modality. The masks make a missing modality's contribution
             exactly zero, so the embeddings are the same as running the tower on a placeholder; only faster.
 
+    Every field is checked when it is set (`FIELD_RULES`): a value of the wrong type raises `TypeError` (ints are
+    accepted for floats, only `True` / `False` for bools), a value outside the valid ones raises `ValueError`, both
+    naming the field, the value and what is valid. Layer ids must be strictly increasing.
+
     Example:
 
     ```python
@@ -133,13 +245,15 @@ class Ret2Config(PreTrainedConfig):
     logit_scale_init: float = 2.6592
     skip_missing_modalities: bool = True
 
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every declared field is type- and range-checked as it is set (see FIELD_RULES), as transformers' `@strict`
+        # configs do; ints become floats where a float is expected, and tuples of ints lists.
+        rule = FIELD_RULES.get(name)
+        super().__setattr__(name, value if rule is None else rule.apply(name, value))
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if self.layer_preset is not None:
-            if self.layer_preset not in LAYER_PRESETS:
-                raise ValueError(
-                    f"layer_preset={self.layer_preset!r} is not a known preset; valid: {sorted(LAYER_PRESETS)}."
-                )
             text_ids, vision_ids = LAYER_PRESETS[self.layer_preset]
             self.text_layer_ids, self.vision_layer_ids = list(text_ids), list(vision_ids)
         if self.text_layer_ids is None:
@@ -155,7 +269,7 @@ class Ret2Config(PreTrainedConfig):
             ids, depth = list(getattr(self, name)), _tower_depth(tower)
             if not ids:
                 raise ValueError(f"{name} is empty; give at least one tapped block in [0, {depth - 1}].")
-            bad = [i for i in ids if not isinstance(i, int) or not 0 <= i < depth]
+            bad = [i for i in ids if not 0 <= i < depth]
             if bad:
                 raise ValueError(
                     f"{name}={ids} has taps {bad} outside the {type(tower).__name__} tower's blocks: valid range is "
@@ -166,24 +280,11 @@ class Ret2Config(PreTrainedConfig):
                 f"text_layer_ids has {len(self.text_layer_ids)} taps and vision_layer_ids has "
                 f"{len(self.vision_layer_ids)}; the cell takes one step per (text, vision) pair, so they must match."
             )
-        for name in ("hidden_size", "num_latent_tokens", "num_attention_heads", "embedding_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be a positive integer.")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
                 f"valid head counts divide {self.hidden_size}."
             )
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"pooling={self.pooling!r} is not supported; valid: {list(POOLING_MODES)}.")
-        for name in ("dropout", "attention_dropout"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name}={value} must be in [0, 1).")
-        for name in ("latent_init_std", "initializer_range"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
 
     @property
     def num_steps(self) -> int:
@@ -191,4 +292,4 @@ class Ret2Config(PreTrainedConfig):
         return len(self.text_layer_ids)
 
 
-__all__ = ["Ret2Config", "LAYER_PRESETS", "default_layer_ids"]
+__all__ = ["Ret2Config", "FIELD_RULES", "LAYER_PRESETS", "default_layer_ids"]

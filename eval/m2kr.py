@@ -27,7 +27,7 @@ from ret2.data.m2kr import M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
 from ret2.metrics import compute_retrieval_metrics
 from ret2.search import search
 
-from .report import write_report, write_trec
+from .report import add_evaluation_arguments, print_report, write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,7 @@ def evaluate_m2kr(
 def main(argv: list[str] | None = None) -> dict | None:
     """`ret2-eval-m2kr`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, help="saved ReT-2 folder or hub id (loaded with trust_remote_code)")
-    parser.add_argument("--data-root", required=True, type=Path,
-                        help="folder of the ReT-M2KR jsonl files or M2KR parquet configs")
-    parser.add_argument("--output-dir", required=True, type=Path, help="where TREC runs, results.json and .md go")
+    add_evaluation_arguments(parser, "folder of the ReT-M2KR jsonl files or M2KR parquet configs")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="ret", help="ret: ReT-M2KR jsonl; parquet: M2KR")
     parser.add_argument("--image-root", type=Path,
                         help="root of the image paths in the records (default: DATA_ROOT; ReT-M2KR's paths are "
@@ -173,13 +170,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     EncodeOptions.add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    results = evaluate_m2kr(
+    return print_report(args.output_dir, evaluate_m2kr(
         args.model, args.data_root, args.output_dir, layout=args.layout, image_root=args.image_root,
         datasets=args.datasets, options=EncodeOptions.from_args(args),
-    )  # fmt: skip
-    if results is not None:
-        print((args.output_dir / "results.md").read_text(encoding="utf-8"))
-    return results
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

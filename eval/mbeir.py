@@ -40,7 +40,7 @@ from ret2.data.mbeir import (
 from ret2.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from ret2.search import search
 
-from .report import write_report, write_trec
+from .report import add_evaluation_arguments, print_report, write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
@@ -271,10 +271,7 @@ def evaluate_mbeir(
 def main(argv: list[str] | None = None) -> dict | None:
     """`ret2-eval-mbeir`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
     parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, help="saved ReT-2 folder or hub id (loaded with trust_remote_code)")
-    parser.add_argument("--data-root", required=True, type=Path,
-                        help="M-BEIR root (query/, cand_pool/, qrels/, mbeir_images/)")
-    parser.add_argument("--output-dir", required=True, type=Path, help="where TREC runs, results.json and .md go")
+    add_evaluation_arguments(parser, "M-BEIR root (query/, cand_pool/, qrels/, mbeir_images/)")
     parser.add_argument("--split", default="test", choices=["test"], help="M-BEIR's evaluation table is on test")
     parser.add_argument("--pool", default="both", choices=list(POOLS), help="local pools, the global pool, or both")
     parser.add_argument("--tasks", nargs="+", help="rows to evaluate, e.g. webqa_task1 cirr_task7 (default: all 16)")
@@ -287,13 +284,10 @@ def main(argv: list[str] | None = None) -> dict | None:
     EncodeOptions.add_arguments(parser)
     args = parser.parse_args(argv)
     configure_logging()
-    results = evaluate_mbeir(
+    return print_report(args.output_dir, evaluate_mbeir(
         args.model, args.data_root, args.output_dir, pool=args.pool, tasks=args.tasks, instructions=args.instructions,
         random_instruction=args.random_instruction, seed=args.seed, k=args.k, options=EncodeOptions.from_args(args),
-    )  # fmt: skip
-    if results is not None:
-        print((args.output_dir / "results.md").read_text(encoding="utf-8"))
-    return results
+    ))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ final state is mean-pooled, projected and L2-normalised (ReT-2), or projected pe
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -323,6 +324,35 @@ class Ret2Model(Ret2PreTrainedModel):
         self.post_init()
 
     @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: "str | os.PathLike",
+        *model_args,
+        allow_missing_weights: bool = False,
+        **kwargs,
+    ) -> "Ret2Model":
+        """[`~PreTrainedModel.from_pretrained`] that refuses a checkpoint lacking any of the model's weights.
+
+        transformers initialises a missing weight randomly and only logs a report; a retriever with random weights
+        returns meaningless rankings, so this raises a `ValueError` listing the missing keys instead. Pass
+        `allow_missing_weights=True` to load anyway (e.g. to train the missing part); `output_loading_info=True`
+        still returns `(model, loading_info)`.
+        """
+        output_loading_info = kwargs.pop("output_loading_info", False)
+        model, info = super().from_pretrained(
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+        )
+        missing = sorted(info["missing_keys"])
+        if missing and not allow_missing_weights:
+            listing = str(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is missing {len(missing)} weight(s) of {cls.__name__}: {listing}. "
+                "They would be randomly initialised and the embeddings meaningless; pass allow_missing_weights=True "
+                "to load anyway (e.g. to train them)."
+            )
+        return (model, info) if output_loading_info else model
+
+    @classmethod
     def from_backbone(cls, name_or_path: str, **config_kwargs) -> "Ret2Model":
         """Start a ReT-2 model from a pretrained CLIP or SigLIP checkpoint (hub id or local folder).
 
@@ -391,8 +421,8 @@ class Ret2Model(Ret2PreTrainedModel):
         text_mask: torch.Tensor | None,
         vision_mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        if input_ids is None and pixel_values is None:
-            raise ValueError("Nothing to encode: pass input_ids, pixel_values, or both.")
+        vocab_size = self.text_model.get_input_embeddings().num_embeddings
+        check_encode_inputs(input_ids, attention_mask, pixel_values, text_mask, vision_mask, vocab_size)
         batch_size = (input_ids if input_ids is not None else pixel_values).shape[0]
         device = self.logit_scale.device
         text_mask = _presence(text_mask, input_ids, batch_size, device, "text_mask", "input_ids")
@@ -486,6 +516,98 @@ class Ret2Model(Ret2PreTrainedModel):
         # A view, not the parameter itself: DDP (find_unused_parameters=True) finds the parameters a step used by
         # walking the outputs' autograd graph, and a bare leaf parameter has none.
         return Ret2Output(query_embeds=query_embeds, doc_embeds=doc_embeds, logit_scale=self.logit_scale.view(()))
+
+
+# Preprocessed pixels (rescaled to [0, 1], then normalised by a per-channel mean and std) stay within a few units of 0:
+# CLIP's lie in [-1.8, 2.2], ImageNet-normalised ones in [-2.2, 2.7], SigLIP's in [-1, 1]. Raw 0..255 pixels do not.
+MAX_ABS_PIXEL = 50.0
+
+
+def check_encode_inputs(
+    input_ids: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+    pixel_values: torch.Tensor | None,
+    text_mask: torch.Tensor | None,
+    vision_mask: torch.Tensor | None,
+    vocab_size: int,
+) -> None:
+    """Refuse encode inputs that would give a wrong embedding without a word, or fail deep inside a tower.
+
+    Shapes and dtypes are read from metadata; values cost one reduction per given tensor (negligible beside a tower).
+    Raises `ValueError` naming the argument, the bad value and what is valid.
+    """
+    if input_ids is None and pixel_values is None:
+        raise ValueError("Nothing to encode: pass input_ids, pixel_values, or both.")
+    sizes = {}
+    if input_ids is not None:
+        integer = not input_ids.is_floating_point() and input_ids.dtype != torch.bool
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or not integer:
+            raise ValueError(
+                "input_ids must be an integer tensor of shape (batch, sequence) with at least one token, got "
+                f"{input_ids.dtype} of shape {tuple(input_ids.shape)}."
+            )
+        sizes["input_ids"] = input_ids.shape[0]
+    if attention_mask is not None:
+        if input_ids is None:
+            raise ValueError("attention_mask is given without input_ids; pass both or neither.")
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}; "
+                "they must match (one 0/1 per token)."
+            )
+    if pixel_values is not None:
+        if pixel_values.dim() != 4 or 0 in pixel_values.shape[1:] or not pixel_values.is_floating_point():
+            raise ValueError(
+                "pixel_values must be a floating-point tensor of shape (batch, channels, height, width), as the "
+                f"processor returns, got {pixel_values.dtype} of shape {tuple(pixel_values.shape)}; integer pixels "
+                "(e.g. uint8 0..255) are not preprocessed images."
+            )
+        sizes["pixel_values"] = pixel_values.shape[0]
+    for name, mask in (("text_mask", text_mask), ("vision_mask", vision_mask)):
+        if mask is not None:
+            if mask.dim() != 1:
+                raise ValueError(f"{name} must have shape (batch,), one 0/1 per sample, got shape {tuple(mask.shape)}.")
+            sizes[name] = mask.shape[0]
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"The inputs disagree on the batch size: {sizes}; each needs one entry per sample.")
+    if next(iter(sizes.values())) == 0:
+        raise ValueError(f"Empty batch: the inputs have 0 samples ({sizes}); encode at least one.")
+
+    for name, mask in (("text_mask", text_mask), ("vision_mask", vision_mask), ("attention_mask", attention_mask)):
+        if mask is not None:
+            bad = (mask != 0) & (mask != 1)
+            if bool(bad.any()):
+                rows = bad.reshape(mask.shape[0], -1).any(1).nonzero().flatten().tolist()
+                raise ValueError(
+                    f"{name} holds {sorted(set(mask[bad].tolist()))[:5]} at samples {rows}; valid values are 0 and 1."
+                )
+    if input_ids is not None:
+        low, high = (int(v) for v in input_ids.aminmax())
+        if low < 0 or high >= vocab_size:
+            raise ValueError(
+                f"input_ids holds token ids in [{low}, {high}], but the text tower embeds ids in "
+                f"[0, {vocab_size - 1}]; tokenise with this model's processor."
+            )
+        if attention_mask is not None:
+            empty = (attention_mask.sum(1) == 0).cpu()
+            if text_mask is not None:
+                empty &= text_mask.bool().cpu()  # a row without text may be anything: the masks drop it
+            if bool(empty.any()):
+                raise ValueError(
+                    f"attention_mask is all 0 for samples {empty.nonzero().flatten().tolist()}, which text_mask marks "
+                    "as having text: a present text needs at least one token (set text_mask to 0 where there is none)."
+                )
+    if pixel_values is not None:
+        low, high = (float(v) for v in pixel_values.detach().aminmax())  # one pass, no copy; NaN propagates
+        peak = max(-low, high)
+        if not math.isfinite(peak):
+            rows = (~torch.isfinite(pixel_values).flatten(1).all(1)).nonzero().flatten().tolist()
+            raise ValueError(f"pixel_values of samples {rows} hold NaN or inf; every value must be finite.")
+        if peak > MAX_ABS_PIXEL:
+            raise ValueError(
+                f"pixel_values reach {peak:.1f}, but preprocessed images (rescaled to [0, 1], then normalised) stay "
+                f"within +-{MAX_ABS_PIXEL:g}: these look like raw 0..255 pixels; pass the images through the processor."
+            )
 
 
 def _presence(

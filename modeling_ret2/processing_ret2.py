@@ -32,6 +32,22 @@ def to_rgb(image: "Image.Image | np.ndarray") -> Image.Image:
     return image.convert("RGB")
 
 
+def _check_image(index: int, image: object) -> None:
+    """Refuse what is not an image (named by its type) and images without pixels (which would divide by zero)."""
+    if image is None:
+        return
+    if isinstance(image, Image.Image):
+        width, height = image.size
+    elif isinstance(image, np.ndarray):
+        if image.ndim not in (2, 3):
+            raise ValueError(f"images[{index}] is an array of shape {image.shape}; expected HxW or HxWxC.")
+        height, width = image.shape[:2]
+    else:
+        raise TypeError(f"images[{index}]: expected a PIL image, a numpy array or None, got {type(image).__name__}.")
+    if width == 0 or height == 0:
+        raise ValueError(f"images[{index}] is {width}x{height} pixels; an image needs at least 1x1 (or pass None).")
+
+
 class Ret2Processor(ProcessorMixin):
     r"""
     Wraps a tokenizer and an image processor (e.g. CLIP's). Each sample may have text, an image, or both.
@@ -41,7 +57,8 @@ class Ret2Processor(ProcessorMixin):
     `pixel_values`, `text_mask` and `vision_mask` (1 where the sample has the modality). Missing text is tokenised as
     an empty string and a missing image is a black image: the model's masks make both contribute nothing, and the
     model skips a tower for samples that lack its modality. `pixel_values` is omitted when no sample has an image
-    (unless `pad_missing_images=True`).
+    (unless `pad_missing_images=True`). An empty batch, a sample with neither modality, an entry that is not a string /
+    image, and an image without pixels raise an error naming the sample's index.
     """
 
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
@@ -59,6 +76,8 @@ class Ret2Processor(ProcessorMixin):
             raise ValueError("Give text, images, or both.")
         if isinstance(text, str):
             text = [text]
+        if text is not None and not isinstance(text, (list, tuple)):
+            raise TypeError(f"text: expected a string or a list of strings, got {type(text).__name__}.")
         if images is not None and not isinstance(images, (list, tuple)):
             images = [images]
         size = len(text) if text is not None else len(images)
@@ -66,6 +85,13 @@ class Ret2Processor(ProcessorMixin):
         images = list(images) if images is not None else [None] * size
         if len(text) != len(images):
             raise ValueError(f"Got {len(text)} texts and {len(images)} images; give one entry (or None) per sample.")
+        if size == 0:
+            raise ValueError("Empty batch: got 0 samples (empty lists); give at least one text or image.")
+        for i, entry in enumerate(text):
+            if entry is not None and not isinstance(entry, str):
+                raise TypeError(f"text[{i}]: expected a string or None, got {type(entry).__name__}.")
+        for i, image in enumerate(images):
+            _check_image(i, image)
 
         text_mask = [t is not None and t != "" for t in text]
         vision_mask = [image is not None for image in images]

@@ -1,7 +1,8 @@
 """Convert a published ReT-1 checkpoint (Caffagni et al., CVPR 2025) into a ReT-2 folder that reproduces it.
 
 ReT-1 (`model_type="retriever"`) has a query and a passage `RetModel`, each with per-tap adapters, a recurrent cell
-(`ret_cell`) and a late projection, over one pair of CLIP towers stored under `query_model.` only. It maps onto a
+(`ret_cell`) and a late projection, over one pair of CLIP towers stored under `query_model.` only (nested, as the
+published checkpoints have them, or flat, as transformers 5.x saves them: both are read). It maps onto a
 `Ret2Config(pooling="none", share_encoder=False)` model: same towers, taps from `layer_strategy`, the query cell in
 `query_encoder` and the passage cell in `document_encoder`, scored by late interaction.
 
@@ -18,6 +19,7 @@ import json
 import logging as std_logging
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -166,11 +168,14 @@ def ret1_config_to_ret2(ret1_config: dict) -> Ret2Config:
     )
 
 
-def ret1_source_of(key: str) -> tuple[str, int | None]:
-    """The ReT-1 tensor a `Ret2Model` state-dict key is read from, and which third of it (q, k, v) if it is split."""
+def ret1_source_of(key: str, nested_towers: bool = True) -> tuple[str, int | None]:
+    """The ReT-1 tensor a `Ret2Model` state-dict key is read from, and which third of it (q, k, v) if it is split.
+
+    Towers live once, under `query_model.`: nested as the published checkpoints store them (transformers 4.x,
+    `query_model.text_model.text_model.<key>`), or flat as transformers 5.x saves them (`query_model.text_model.<key>`,
+    `nested_towers=False`)."""
     if key.startswith(("text_model.", "vision_model.")):
-        # Towers live once, under `query_model.`, in the older nested HF layout: `text_model.text_model.<key>`.
-        return f"query_model.{key.split('.')[0]}.{key}", None
+        return (f"query_model.{key.split('.')[0]}.{key}" if nested_towers else f"query_model.{key}"), None
     encoder, _, rest = key.partition(".")
     if encoder in _SIDES:
         side = _SIDES[encoder]
@@ -181,6 +186,13 @@ def ret1_source_of(key: str) -> tuple[str, int | None]:
             if re.fullmatch(pattern, rest):
                 return f"{side}.{re.sub(pattern, template, rest)}", None
     raise KeyError(f"The converter has no ReT-1 source for the model key {key!r}.")
+
+
+def _has_nested_towers(keys: Iterable[str]) -> bool:
+    """Whether a checkpoint's towers use the nested layout. A flat CLIP tower has no `text_model.` / `vision_model.`
+    inside, so any such key decides; a checkpoint mixing both layouts is then refused by its missing keys."""
+    nested = ("query_model.text_model.text_model.", "query_model.vision_model.vision_model.")
+    return any(key.startswith(nested) for key in keys)
 
 
 def _listing(keys: list[str], limit: int = 20) -> str:
@@ -237,7 +249,8 @@ def _load_ret1_weights(model: Ret2Model, folder: Path, config: Ret2Config) -> to
     Returns the checkpoint's floating dtype when all its tensors share one (else None)."""
     files = _weight_files(folder)
     targets = {key: value for key, value in model.state_dict().items() if key != "logit_scale"}  # ReT-1 has no scale
-    sources = {key: ret1_source_of(key) for key in targets}
+    nested_towers = _has_nested_towers(files)
+    sources = {key: ret1_source_of(key, nested_towers) for key in targets}
     sides = {_SIDES[key.split(".")[0]] for key in targets if key.split(".")[0] in _SIDES}
     dropped = {f"{side}.{name}" for side in sides for name in _DROPPED} & set(files)
     missing = sorted({name for name, _ in sources.values() if name not in files})
@@ -245,7 +258,8 @@ def _load_ret1_weights(model: Ret2Model, folder: Path, config: Ret2Config) -> to
     if missing or unexpected:
         raise ValueError(
             f"The checkpoint in {folder} does not have the ReT-1 layout of its config "
-            f"(share_query_passage_models={config.share_encoder}, {config.num_steps} taps): "
+            f"(share_query_passage_models={config.share_encoder}, {config.num_steps} taps, "
+            f"{'nested' if nested_towers else 'flat'} tower keys): "
             f"missing keys {_listing(missing)}; unexpected keys {_listing(unexpected)}."
         )
     dtypes = set()

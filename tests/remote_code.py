@@ -1,6 +1,6 @@
 """Load a saved ReT-2 folder the way a Hub user does, in a fresh process where our packages are not importable.
 
-`load_in_clean_process(workdir, script)` runs `script` through `hub_upload.run_in_clean_process` (the same check the
+`load_in_clean_process(workdir, script)` runs `script` through `ret2.publish.run_in_clean_process` (the same check the
 upload CLI runs before pushing): `python -I` with cwd elsewhere, HF_HUB_OFFLINE=1, a private modules cache, and an
 import hook that refuses our packages (they are installed in editable mode here, so without the hook they would be
 importable and hide a broken remote-code folder).

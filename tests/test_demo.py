@@ -11,7 +11,7 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     """The README's main job, small: data, both trainings, both evaluations, the saved model and both pictures."""
     summary = main([
         "--output-dir", str(tmp_path), "--num-train-epochs", "1", "--n-per-task", "6", "--n-train-per-task", "16",
-        "--batch-size", "16", "--eval-batch-size", "32",
+        "--per-device-train-batch-size", "16", "--batch-size", "32",
     ])  # fmt: skip
     for name in ("ret2", "score_fusion"):
         for pool in ("local", "global"):

@@ -81,10 +81,14 @@ def test_every_command_has_help(module, capsys):
     assert out.startswith("usage: ") and "--traceback" in out
 
 
-def test_usage_shows_the_command_to_type():
-    out = subprocess.run([sys.executable, "-m", "eval.mbeir", "--help"], cwd=REPO, capture_output=True, text=True)
+@pytest.mark.parametrize(("command", "usage"), [
+    (["-m", "eval.mbeir"], "usage: python -m eval.mbeir [-h] [--traceback] --model MODEL"),
+    (["hub_upload.py"], "usage: python hub_upload.py [-h] [--traceback]"),
+])  # fmt: skip
+def test_usage_shows_the_command_to_type(command, usage):
+    out = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith("usage: python -m eval.mbeir [-h] [--traceback] --model MODEL")
+    assert out.stdout.startswith(usage)
 
 
 def test_cli_errors_end_in_one_line(tmp_path):

@@ -77,3 +77,36 @@ def test_truncates_to_the_tokenizer_limit(tiny):
     _, processor = tiny
     out = processor(text=["red " * 500], return_tensors="pt")
     assert out["input_ids"].shape[1] == processor.tokenizer.model_max_length
+
+
+@pytest.mark.parametrize("size", [(0, 0), (5, 0), (0, 7)])
+def test_zero_area_images_are_refused_by_index(tiny, size):
+    """A 0x0 image used to divide by zero inside the image processor."""
+    _, processor = tiny
+    with pytest.raises(ValueError, match=rf"images\[1\] is {size[0]}x{size[1]} pixels"):
+        processor(text=["red", None], images=[pattern(1), Image.new("RGB", size)])
+    with pytest.raises(ValueError, match=r"images\[0\] is 0x3 pixels"):
+        processor(images=[np.zeros((3, 0, 3), dtype=np.uint8)])
+
+
+def test_empty_batch_is_an_error(tiny):
+    _, processor = tiny
+    for kwargs in (dict(text=[]), dict(images=[]), dict(text=[], images=[])):
+        with pytest.raises(ValueError, match="Empty batch: got 0 samples"):
+            processor(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(images=[pattern(1), 3]), r"images\[1\]: expected a PIL image, a numpy array or None, got int"),
+        (dict(images=[pattern(1), "cat.jpg"]), r"images\[1\]: expected .* got str"),
+        (dict(text=["red", 5]), r"text\[1\]: expected a string or None, got int"),
+        (dict(text=["red", b"blue"]), r"text\[1\]: expected a string or None, got bytes"),
+        (dict(text=7), r"text: expected a string or a list of strings, got int"),
+    ],
+)
+def test_non_inputs_are_named_with_index_and_type(tiny, kwargs, message):
+    _, processor = tiny
+    with pytest.raises(TypeError, match=message):
+        processor(**kwargs)

@@ -18,7 +18,7 @@ REMOTE_CODE_FILES = [
 def test_remote_code_imports_only_torch_transformers_and_siblings(path):
     """Every import of a file that travels to the Hub is torch, transformers, the standard library, PIL/numpy
     (transformers' own image dependencies) or a `from .sibling import` of another such file."""
-    allowed = {"torch", "transformers", "math", "dataclasses", "PIL", "numpy"}
+    allowed = {"torch", "transformers", "math", "os", "collections", "dataclasses", "PIL", "numpy"}
     siblings = {p.stem for p in REMOTE_CODE_FILES}
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):

@@ -380,6 +380,48 @@ def test_converted_config(converted):
     assert {"modeling_ret2.py", "configuration_ret2.py", "processing_ret2.py", "processor_config.json"} <= written
 
 
+# ---------------------------------------------------------------- tower key layouts
+
+
+def flat_towers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same checkpoint as transformers 5.x saves it: `query_model.text_model.<key>` (flat CLIP towers) instead of
+    the published `query_model.text_model.text_model.<key>`."""
+    nested = re.compile(r"^query_model\.(text_model|vision_model)\.\1\.")
+    return {nested.sub(r"query_model.\1.", key): value for key, value in tensors.items()}
+
+
+def test_flat_tower_layout_converts_to_the_same_model(base_checkpoint, processor_dir, tmp_path):
+    """A ReT-1 checkpoint saved under transformers 5.x (flat tower keys) used to be refused; it gives the same model,
+    which reproduces ReT-1."""
+    config, tensors = base_checkpoint
+    flat = flat_towers(tensors)
+    assert "query_model.text_model.embeddings.token_embedding.weight" in flat
+    assert not any(k.startswith("query_model.text_model.text_model.") for k in flat)
+    nested_folder = convert(write_ret1(tmp_path / "nested", config, tensors), tmp_path / "nested-ret2", processor_dir)
+    flat_folder = convert(write_ret1(tmp_path / "flat", config, flat), tmp_path / "flat-ret2", processor_dir)
+    nested_state = Ret2Model.from_pretrained(nested_folder).state_dict()
+    flat_model = Ret2Model.from_pretrained(flat_folder).eval()
+    flat_state = flat_model.state_dict()
+    assert flat_state.keys() == nested_state.keys()
+    assert all(torch.equal(flat_state[k], nested_state[k]) for k in flat_state)
+    texts, images = BATCHES["image+text"]
+    processor = Ret2Processor.from_pretrained(flat_folder)
+    with torch.no_grad():
+        ours = flat_model.encode_queries(**processor(text=texts, images=images, return_tensors="pt"))
+    expected = Ret1Reference(config, tensors).encode(
+        "query", processor(text=texts, images=images, pad_missing_images=True, return_tensors="pt")
+    )
+    assert (ours - expected).abs().max() <= 1e-5
+
+
+def test_flat_layout_with_a_missing_tower_key_names_it(base_checkpoint, processor_dir, tmp_path):
+    config, tensors = base_checkpoint
+    flat = flat_towers(tensors)
+    del flat["query_model.vision_model.post_layernorm.bias"]
+    with pytest.raises(ValueError, match=r"missing keys \['query_model.vision_model.post_layernorm.bias'\]"):
+        convert(write_ret1(tmp_path / "ret1", config, flat), tmp_path / "ret2", processor_dir)
+
+
 # ---------------------------------------------------------------- refusals
 
 
@@ -498,7 +540,7 @@ def test_shared_sides_need_no_passage_agreement(base_checkpoint):
 def test_cli(base_checkpoint, processor_dir, tmp_path, capsys):
     source = write_ret1(tmp_path / "ret1", *base_checkpoint)
     processor_args = ["--tokenizer", str(processor_dir), "--image-processor", str(processor_dir)]
-    main([str(source), str(tmp_path / "cli"), *processor_args])
+    main([str(source), "--output-dir", str(tmp_path / "cli"), *processor_args])
     out = capsys.readouterr().out
     assert "ReT-1 clip_vit_b" in out and "12 taps (ret1-clip-b)" in out
     assert "separate query and document encoders" in out
@@ -507,8 +549,8 @@ def test_cli(base_checkpoint, processor_dir, tmp_path, capsys):
     cli_state = Ret2Model.from_pretrained(tmp_path / "cli").state_dict()
     api_state = Ret2Model.from_pretrained(api).state_dict()
     assert cli_state.keys() == api_state.keys() and all(torch.equal(cli_state[k], api_state[k]) for k in cli_state)
-    with pytest.raises(SystemExit, match="error: Could not load the tokenizer .*--tokenizer"):
-        main([str(source), str(tmp_path / "no-tokenizer")])  # the towers' Hub ids cannot be fetched offline
+    with pytest.raises(OSError, match="Could not load the tokenizer .*--tokenizer"):
+        main([str(source), "--output-dir", str(tmp_path / "no-tokenizer")])  # the towers' Hub ids cannot be fetched offline
 
 
 @pytest.mark.slow

@@ -357,6 +357,7 @@ def generate_mbeir(
     row_pool_sizes: Mapping[str, int] | None = None,
     image_size: int = 64,
     m2kr: bool = True,
+    progress: bool | None = None,
 ) -> Path:
     """Write a synthetic M-BEIR dataset under `output` and return its path.
 
@@ -371,6 +372,7 @@ def generate_mbeir(
             `{"mbeir_webqa_task1_test": 100_000}` for a benchmark pool.
         image_size: side of the square PNGs.
         m2kr: also write ReT-M2KR jsonl under `output/m2kr/` (image root `output/m2kr`).
+        progress: show a progress bar (None: only for pools of 10,000 candidates or more).
     """
     for name, value in (("n_per_task", n_per_task), ("pool_size", pool_size),
                         ("n_train_per_task", n_train_per_task), ("image_size", image_size)):
@@ -395,20 +397,21 @@ def generate_mbeir(
     qids, dids, images = _Ids(), _Ids(), _Images(root, image_size)
 
     total = sum(test_sizes.values()) + pool_size * len(stems)
-    with tqdm(total=total, desc="synthetic M-BEIR", unit="cand", disable=total < 10_000) as progress:
+    show = progress if progress is not None else total >= 10_000
+    with tqdm(total=total, desc="synthetic M-BEIR", unit="cand", disable=not show) as bar:
         test = _build_split(splits["test"], set(splits["test"]), n_per_task, test_sizes, False, rng, qids, dids, images)
         for row, queries, candidates in test:
             _write_jsonl(row.query_path(root), queries)
             _write_jsonl(row.pool_path(root), candidates)
             _write_lines(row.qrels_path(root), (f"{q['qid']} 0 {did} 1 {row.task_id}"
                                                 for q in queries for did in q["pos_cand_list"]))
-            progress.update(len(candidates))
+            bar.update(len(candidates))
         build_global_pool(root)
         train = _build_split(splits["train"], set(splits["train"]), n_train_per_task, dict.fromkeys(stems, pool_size),
                              True, rng, qids, dids, images)
         _write_jsonl(root / TRAIN_QUERIES, (q for _, queries, _ in train for q in queries))
         _write_jsonl(root / TRAIN_POOL, (c for _, _, candidates in train for c in candidates))
-        progress.update(pool_size * len(stems))
+        bar.update(pool_size * len(stems))
     _write_instructions(root / INSTRUCTIONS)
     if m2kr:
         _write_m2kr(root / "m2kr", splits["test"], n_per_task, pool_size, rng, image_size)
@@ -435,7 +438,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--row-pool-size expects STEM=N, got {spec!r}")
         row_pool_sizes[stem] = int(size)
     root = generate_mbeir(args.output_dir, args.seed, args.n_per_task, args.pool_size, args.n_train_per_task,
-                          row_pool_sizes, args.image_size, not args.no_m2kr)
+                          row_pool_sizes, args.image_size, not args.no_m2kr, progress=True)
     print(root)
 
 

@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     if args.data_root is None:
         args.data_root = generate_mbeir(
-            out / "data", seed=args.seed, n_per_task=args.n_per_task, n_train_per_task=args.n_train_per_task
+            out / "data", seed=args.seed, n_per_task=args.n_per_task, n_train_per_task=args.n_train_per_task,
+            progress=True,
         )
         print(f"[1/5] generated M-BEIR-format data in {args.data_root}")
     ret2_dir, baseline_dir = out / "ret2-model", out / "score-fusion-model"
