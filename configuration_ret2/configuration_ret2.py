@@ -87,6 +87,12 @@ class Ret2Config(PreTrainedConfig):
             Standard deviation of the cell's linear layers at initialisation.
         logit_scale_init (`float`, *optional*, defaults to 2.6592):
             Initial value of the learnable log inverse temperature used by the contrastive loss (log(1/0.07), CLIP).
+        gated (`bool`, *optional*, defaults to `True`):
+            `False` is an ablation, not ReT-2: the input and forget gates are fixed open (input gate = the modality's
+            presence mask, forget gate = 1), so the state adds every step's attended modalities to what it carries.
+        recurrent (`bool`, *optional*, defaults to `True`):
+            `False` is an ablation, not ReT-2: the cell takes each tap pair's step from the initial state
+            independently, and the final state is the mean of those per-tap states (no state passed between taps).
         skip_missing_modalities (`bool`, *optional*, defaults to `True`):
             Never run a tower on samples that lack its modality. The masks make a missing modality's contribution
             exactly zero, so the embeddings are the same as running the tower on a placeholder; only faster.
@@ -131,6 +137,8 @@ class Ret2Config(PreTrainedConfig):
     latent_init_std: float = 0.2
     initializer_range: float = 0.02
     logit_scale_init: float = 2.6592
+    gated: bool = True
+    recurrent: bool = True
     skip_missing_modalities: bool = True
 
     def __post_init__(self, **kwargs):
@@ -181,6 +189,9 @@ class Ret2Config(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name}={value} must be in [0, 1).")
+        for name in ("gated", "recurrent"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be True or False.")
         for name in ("latent_init_std", "initializer_range"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be > 0.")
