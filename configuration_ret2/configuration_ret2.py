@@ -134,6 +134,8 @@ FIELD_RULES: dict[str, FieldRule] = {
     "latent_init_std": FieldRule("float", **_STD),
     "initializer_range": FieldRule("float", **_STD),
     "logit_scale_init": FieldRule("float", **_FINITE),
+    "gated": FieldRule("bool"),
+    "recurrent": FieldRule("bool"),
     "skip_missing_modalities": FieldRule("bool"),
 }
 
@@ -195,6 +197,12 @@ class Ret2Config(PreTrainedConfig):
             Standard deviation of the cell's linear layers at initialisation.
         logit_scale_init (`float`, *optional*, defaults to 2.6592):
             Initial value of the learnable log inverse temperature used by the contrastive loss (log(1/0.07), CLIP).
+        gated (`bool`, *optional*, defaults to `True`):
+            `False` is an ablation, not ReT-2: the input and forget gates are fixed open (input gate = the modality's
+            presence mask, forget gate = 1), so the state adds every step's attended modalities to what it carries.
+        recurrent (`bool`, *optional*, defaults to `True`):
+            `False` is an ablation, not ReT-2: the cell takes each tap pair's step from the initial state
+            independently, and the final state is the mean of those per-tap states (no state passed between taps).
         skip_missing_modalities (`bool`, *optional*, defaults to `True`):
             Never run a tower on samples that lack its modality. The masks make a missing modality's contribution
             exactly zero, so the embeddings are the same as running the tower on a placeholder; only faster.
@@ -243,6 +251,8 @@ class Ret2Config(PreTrainedConfig):
     latent_init_std: float = 0.2
     initializer_range: float = 0.02
     logit_scale_init: float = 2.6592
+    gated: bool = True
+    recurrent: bool = True
     skip_missing_modalities: bool = True
 
     def __setattr__(self, name: str, value: object) -> None:

@@ -153,6 +153,7 @@ class Ret2RecurrentCell(GradientCheckpointingLayer):
         h' = c + MLP(LN_mlp(c))
 
     A modality with no tokens in the whole batch (`None`) contributes exactly what a masked one does: nothing.
+    With `config.gated=False` (an ablation) the gates are fixed open: i_t = m_t, i_v = m_v, f = 1.
     """
 
     def __init__(self, config: Ret2Config):
@@ -176,6 +177,7 @@ class Ret2RecurrentCell(GradientCheckpointingLayer):
         self.input_bias = config.input_gate_bias_prior
         self.forget_bias = config.forget_gate_bias_prior
         self.squash = torch.tanh if config.use_tanh else (lambda x: x)
+        self.gated = config.gated
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """The state before the first step: the learned latent tokens, (1, K, H), shared by the whole batch.
@@ -208,15 +210,17 @@ class Ret2RecurrentCell(GradientCheckpointingLayer):
         inputs = 0.0
         if text_tokens is not None:
             t = self.text_attn(z, self.text_ln(text_tokens), text_padding_mask)  # (B, K, H)
-            input_gate = torch.sigmoid(self.text_input_gate(t) + self.input_bias) * text_mask
+            gate = torch.sigmoid(self.text_input_gate(t) + self.input_bias) if self.gated else 1.0
+            input_gate = gate * text_mask
             forget_logits = forget_logits + text_mask * self.text_forget_gate(t)
             inputs = inputs + self.squash(t) * input_gate
         if vision_tokens is not None:
             v = self.vision_attn(z, self.vision_ln(vision_tokens))  # (B, K, H)
-            input_gate = torch.sigmoid(self.vision_input_gate(v) + self.input_bias) * vision_mask
+            gate = torch.sigmoid(self.vision_input_gate(v) + self.input_bias) if self.gated else 1.0
+            input_gate = gate * vision_mask
             forget_logits = forget_logits + vision_mask * self.vision_forget_gate(v)
             inputs = inputs + self.squash(v) * input_gate
-        forget_gate = torch.sigmoid(forget_logits + self.forget_bias)
+        forget_gate = torch.sigmoid(forget_logits + self.forget_bias) if self.gated else 1.0
         c = carried * forget_gate + inputs  # (B or 1, K, H) * (B, K, H) -> (B, K, H)
         return c + self.mlp(self.mlp_ln(c))
 
@@ -234,6 +238,7 @@ class Ret2Encoder(nn.Module):
         self.cell = Ret2RecurrentCell(config)
         self.projection = nn.Linear(config.hidden_size, config.embedding_dim, bias=False)
         self.pooling = config.pooling
+        self.recurrent = config.recurrent
 
     def forward(
         self,
@@ -244,15 +249,21 @@ class Ret2Encoder(nn.Module):
         vision_mask: torch.Tensor,
     ) -> torch.Tensor:
         """*_states: one (B, N, width) tensor per tap, or None when no sample has that modality; masks (B,).
-        Returns (B, D), or (B, K, D) when pooling is "none"; L2-normalised along D."""
+        Returns (B, D), or (B, K, D) when pooling is "none"; L2-normalised along D. Without `config.recurrent` (an
+        ablation) every tap's step starts from the initial state and the final state is the mean of the steps'."""
         batch_size = text_mask.shape[0]
         text_gate = text_mask[:, None, None]  # (B, 1, 1)
         vision_gate = vision_mask[:, None, None]
-        state = self.cell.initial_state(batch_size)
+        state = initial = self.cell.initial_state(batch_size)
+        total = 0.0  # sum of the per-tap states when not recurrent
         for step in range(len(self.text_adapters)):
             text = None if text_states is None else self.text_adapters[step](text_states[step])  # (B, Nt, H)
             vision = None if vision_states is None else self.vision_adapters[step](vision_states[step])
-            state = self.cell(state, text, text_padding_mask, text_gate, vision, vision_gate)
+            start = state if self.recurrent else initial
+            state = self.cell(start, text, text_padding_mask, text_gate, vision, vision_gate)
+            total = total if self.recurrent else total + state
+        if not self.recurrent:
+            state = total / len(self.text_adapters)  # (B, K, H)
         if self.pooling == "mean":
             state = state.mean(dim=1)  # (B, K, H) -> (B, H)
         return F.normalize(self.projection(state), dim=-1)

@@ -53,11 +53,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def training_kwargs(args: argparse.Namespace, output_dir: Path) -> dict:
-    """TrainingArguments shared by ReT-2 and the baseline: same data order, budget and schedule."""
+    """TrainingArguments shared by ReT-2 and the baseline: same data order, budget and schedule.
+
+    The warmup is a fifth of the steps: with 5% (16 of the default 320 steps) ReT-2 on the random tiny towers lost its
+    text path at some seeds (seed 1: its text tower's hidden states stayed at their initial, nearly query-independent
+    values and its text-only rows fell to 42% R@5, against 71-75% with this warmup)."""
     return dict(
         output_dir=str(output_dir), seed=args.seed, num_train_epochs=args.num_train_epochs,
         per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.01, dataloader_drop_last=True,
+        lr_scheduler_type="cosine", warmup_steps=0.2, weight_decay=0.01, dataloader_drop_last=True,
         logging_steps=20, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=1,
     )  # fmt: skip
