@@ -13,6 +13,7 @@ sys.modules[f"{__name__}.configuration_ret2"] = _configuration
 
 from .modeling_ret2 import Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell  # noqa: E402
 from .processing_ret2 import Ret2Processor, to_rgb  # noqa: E402
+from .sentence_ret2 import Ret2SentenceTransformersModule  # noqa: E402
 
 Ret2Model.register_for_auto_class("AutoModel")
 Ret2Processor.register_for_auto_class("AutoProcessor")
@@ -24,5 +25,6 @@ __all__ = [
     "Ret2PreTrainedModel",
     "Ret2Processor",
     "Ret2RecurrentCell",
+    "Ret2SentenceTransformersModule",
     "to_rgb",
 ]
