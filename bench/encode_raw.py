@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -42,14 +43,17 @@ def write_images(folder: Path, count: int, size: tuple[int, int], seed: int = 0)
     return paths
 
 
-def best_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return min(seconds)
+def best_seconds(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The best of `repeats` timed runs of each call, after one warm-up run each. The calls take turns, so a change
+    in the machine's load (it is shared) hits them all alike rather than whichever happens to run then."""
+    seconds = {name: [] for name in calls}
+    for round_ in range(repeats + 1):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            if round_:
+                seconds[name].append(time.perf_counter() - start)
+    return {name: min(values) for name, values in seconds.items()}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -81,16 +85,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 for batch in batches:
                     model.encode_documents(**batch)
 
-        tensor_s = best_seconds(tensors, args.repeats)
-        rows.append({"path": "tensors (encode_documents, preprocessed)", "docs_per_s": count / tensor_s, "ratio": 1.0})
+        calls = {"tensors (encode_documents, preprocessed)": tensors}
         for workers in args.workers:
-            seconds = best_seconds(
-                lambda: model.encode(paths, kind="document", processor=processor, batch_size=args.batch_size,
-                                     num_workers=workers, show_progress_bar=False),  # fmt: skip
-                args.repeats,
-            )
-            rows.append({"path": f"files (encode, {workers} loader workers)", "docs_per_s": count / seconds,
-                         "ratio": tensor_s / seconds})  # fmt: skip
+            calls[f"files (encode, {workers} loader workers)"] = lambda workers=workers: model.encode(
+                paths, kind="document", processor=processor, batch_size=args.batch_size, num_workers=workers,
+                show_progress_bar=False,
+            )  # fmt: skip
+        seconds = best_seconds(calls, args.repeats)
+        tensor_s = seconds["tensors (encode_documents, preprocessed)"]
+        rows += [{"path": name, "docs_per_s": count / s, "ratio": tensor_s / s} for name, s in seconds.items()]
 
         folder = Path(tmp) / "model"
         model.save_pretrained(folder)
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         captions = [" ".join(CAPTION_WORDS[(i * 7 + j) % len(CAPTION_WORDS)] for j in range(12)) for i in range(count)]
         documents = processor(text=captions, images=[Image.open(p) for p in paths], return_tensors="pt")
         doc_batches = [{k: v[i : i + args.batch_size] for k, v in documents.items()} for i in range(0, count, args.batch_size)]
-        fp32_s = None
+        calls = {}
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             loaded = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
 
@@ -107,10 +110,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     for batch in doc_batches:
                         loaded.encode_documents(**batch)
 
-            seconds = best_seconds(run, args.repeats)
-            fp32_s = fp32_s or seconds
-            rows.append({"path": f"{name} image+text documents (from_pretrained(dtype=...))",
-                         "docs_per_s": count / seconds, "ratio": fp32_s / seconds})  # fmt: skip
+            calls[f"{name} image+text documents (from_pretrained(dtype=...))"] = run
+        seconds = best_seconds(calls, args.repeats)
+        fp32_s = next(iter(seconds.values()))
+        rows += [{"path": name, "docs_per_s": count / s, "ratio": fp32_s / s} for name, s in seconds.items()]
 
     info = machine_info(torch.device("cpu"))
     print(f"model {size}, {count} images, batch {args.batch_size}, {args.threads} model thread(s); {info['cpu']}, "
