@@ -25,7 +25,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_ret2 import Ret2Config
-from .processing_ret2 import Ret2InputBatches, split_input
+from .processing_ret2 import Ret2InputBatches, Ret2Processor, split_input
 from .sentence_ret2 import write_sentence_transformers_files
 
 logger = logging.get_logger(__name__)
@@ -456,7 +456,7 @@ class Ret2Model(Ret2PreTrainedModel):
         inputs: Sequence,
         *,
         kind: str,
-        processor=None,
+        processor: Ret2Processor | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         convert_to: str = "numpy",
@@ -521,7 +521,7 @@ class Ret2Model(Ret2PreTrainedModel):
             out = torch.cat(embeddings)[restore.to(self.device)]
         return out.float().cpu().numpy() if convert_to == "numpy" else out
 
-    def _default_processor(self):
+    def _default_processor(self) -> Ret2Processor:
         """The processor saved beside the model, loaded once."""
         if getattr(self, "_processor", None) is None:
             if not self.name_or_path:
