@@ -15,6 +15,7 @@ from .modeling_ret2 import (  # noqa: E402
     Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell, similarity,
 )  # fmt: skip
 from .processing_ret2 import Ret2Processor, to_rgb  # noqa: E402
+from .sentence_ret2 import Ret2SentenceTransformersModule  # noqa: E402
 
 Ret2Model.register_for_auto_class("AutoModel")
 Ret2Processor.register_for_auto_class("AutoProcessor")
@@ -26,6 +27,7 @@ __all__ = [
     "Ret2PreTrainedModel",
     "Ret2Processor",
     "Ret2RecurrentCell",
+    "Ret2SentenceTransformersModule",
     "similarity",
     "to_rgb",
 ]

@@ -10,19 +10,23 @@ final state is mean-pooled, projected and L2-normalised (ReT-2), or projected pe
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 import transformers
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoProcessor, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_ret2 import Ret2Config
+from .processing_ret2 import Ret2InputBatches, Ret2Processor, split_input
+from .sentence_ret2 import write_sentence_transformers_files
 
 logger = logging.get_logger(__name__)
 
@@ -203,7 +207,9 @@ class Ret2RecurrentCell(GradientCheckpointingLayer):
         """state (B, K, H), or (1, K, H) when all samples share it; *_tokens (B, N, H) adapted tokens or None;
         text_padding_mask (B, Nt) bool (True = attend); text_mask / vision_mask (B, 1, 1) presence in {0, 1}.
         Returns the new state (B, K, H)."""
-        q = state + self.position_table  # (B or 1, K, H)
+        # The table is built in float32 and, being derived rather than saved, keeps that dtype when `from_pretrained`
+        # loads the weights in bf16/fp16: cast it to the state's dtype, or the sum is promoted back to float32.
+        q = state + self.position_table.to(state.dtype)  # (B or 1, K, H)
         z = self.xa_ln(q)
         carried = self.squash(q + self.self_attn(z, z))
         forget_logits = 0.0
@@ -294,6 +300,13 @@ class Ret2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, Ret2Model):
             init.constant_(module.logit_scale, self.config.logit_scale_init)
 
+    def save_pretrained(self, save_directory: "str | os.PathLike", *args, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the files that make the folder a sentence-transformers model
+        (`modules.json`, `config_sentence_transformers.json`; the module's code, `sentence_ret2.py`, is copied with
+        the modeling file)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_sentence_transformers_files(save_directory)
 
 
 def build_tower(config: PretrainedConfig) -> PreTrainedModel:
@@ -494,6 +507,99 @@ class Ret2Model(Ret2PreTrainedModel):
         """Encode documents; same inputs and outputs as [`~Ret2Model.encode_queries`]."""
         encoder = self.document_encoder if self.document_encoder is not None else self.query_encoder
         return self._encode(encoder, input_ids, attention_mask, pixel_values, text_mask, vision_mask)
+
+    def encode(
+        self,
+        inputs: Sequence,
+        *,
+        kind: str,
+        processor: Ret2Processor | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        convert_to: str = "numpy",
+        num_workers: int = 0,
+    ) -> "np.ndarray | torch.Tensor":
+        """Encode raw queries or documents: texts, images, or both per sample, in one call.
+
+        Args:
+            inputs: a list; each entry is one query or document:
+                - `str`: text (a plain string is always text here, never a path);
+                - `pathlib.Path`, `PIL.Image.Image` or an H x W (x C) `numpy` array: an image;
+                - `(text, image)` or `{"text": ..., "image": ...}`: both, either part may be `None`; the image may then
+                  also be a `str` path.
+            kind: `"query"` or `"document"` (the query or the document encoder; the same one when
+                `config.share_encoder`).
+            processor: the model's [`Ret2Processor`]; default: loaded once from `self.name_or_path` with
+                `AutoProcessor` and kept.
+            batch_size: samples per forward pass. Samples are sorted by modality and text length first (fewer towers
+                run per batch, less padding) and the output is in input order; the embeddings equal those of
+                [`~Ret2Model.encode_queries`] / [`~Ret2Model.encode_documents`] on the processor's tensors.
+            show_progress_bar: default: shown when there is more than one batch (and transformers' progress bars
+                are enabled).
+            convert_to: `"numpy"` (float32 array) or `"torch"` (a tensor on the model's device, in its dtype).
+            num_workers: DataLoader worker processes that read and preprocess the next batches while the model
+                encodes (0: in this process).
+
+        Returns:
+            `(N, embedding_dim)`, or `(N, K, embedding_dim)` when `pooling="none"`; L2-normalised.
+        """
+        if kind not in ("query", "document"):
+            raise ValueError(f"kind={kind!r} is not valid; valid: ['document', 'query'].")
+        if convert_to not in ("numpy", "torch"):
+            raise ValueError(f"convert_to={convert_to!r} is not valid; valid: ['numpy', 'torch'].")
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} must be at least 1.")
+        if isinstance(inputs, (str, tuple, dict, os.PathLike)) or not isinstance(inputs, Sequence):
+            raise TypeError(f"inputs must be a list of samples, got a {type(inputs).__name__}: wrap one sample in [].")
+        processor = processor if processor is not None else self._default_processor()
+        samples = [split_input(item) for item in inputs]
+        # Image-only, then text+image, then text-only samples, longest text first within each group.
+        order = sorted(range(len(samples)), key=lambda i: (samples[i][0] is not None, samples[i][1] is None,
+                                                           -len(samples[i][0] or "")))  # fmt: skip
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        loader = torch.utils.data.DataLoader(
+            Ret2InputBatches(processor, samples, batches), batch_size=None, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+        if show_progress_bar is None:
+            show_progress_bar = len(batches) > 1
+        encode = self.encode_queries if kind == "query" else self.encode_documents
+        embeddings = []
+        with torch.inference_mode():
+            for features in logging.tqdm(loader, total=len(batches), disable=not show_progress_bar, desc="Encoding"):
+                features = {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
+                embeddings.append(encode(**features))
+            if not embeddings:
+                shape = (0, self.config.num_latent_tokens) if self.config.pooling == "none" else (0,)
+                embeddings = [torch.empty(*shape, self.config.embedding_dim, device=self.device, dtype=self.dtype)]
+            # Rows come in sorted order: row r of the concatenation is input order[r].
+            restore = torch.empty(len(order), dtype=torch.long)
+            restore[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+            out = torch.cat(embeddings)[restore.to(self.device)]
+        return out.float().cpu().numpy() if convert_to == "numpy" else out
+
+    def _default_processor(self) -> Ret2Processor:
+        """The processor saved beside the model, loaded once."""
+        if getattr(self, "_processor", None) is None:
+            if not self.name_or_path:
+                raise ValueError(
+                    "This model was not loaded from a folder or the Hub, so it has no processor to load: pass "
+                    "processor= to encode."
+                )
+            self._processor = AutoProcessor.from_pretrained(self.name_or_path, trust_remote_code=True)
+        return self._processor
+
+    def compile(self, **kwargs) -> None:
+        """Compile the towers and the query/document encoders in place with `torch.compile(**kwargs)`, so that
+        `encode_queries`, `encode_documents`, `encode` and `forward` all run compiled. The masking and tower-skipping
+        logic between them stays in Python (it depends on which samples have which modality).
+
+        `torch.compile(model)` compiles only `forward` and returns a wrapper whose `encode_*` methods run eager: call
+        `model.compile()` instead.
+        """
+        for module in (self.text_model, self.vision_model, self.query_encoder, self.document_encoder):
+            if module is not None:
+                module.compile(**kwargs)
 
     similarity = staticmethod(similarity)
 

@@ -1,9 +1,20 @@
-"""Processor for ReT-2: tokenises text, preprocesses images, and marks which modality each sample has."""
+"""Processor for ReT-2: tokenises text, preprocesses images, and marks which modality each sample has.
+
+Also the raw-input side of `Ret2Model.encode` and of the sentence-transformers module: what counts as text or as an
+image (`split_input`), image loading (`load_image`), and batches preprocessed on access, so that DataLoader workers
+decode and preprocess while the model encodes (`Ret2InputBatches`).
+"""
+
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
+
+# The image file extensions sentence-transformers reads a string as an image path for (with the file existing).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
 
 
 def to_rgb(image: "Image.Image | np.ndarray") -> Image.Image:
@@ -126,4 +137,81 @@ class Ret2Processor(ProcessorMixin):
         return out
 
 
-__all__ = ["Ret2Processor", "to_rgb"]
+def is_image_file(text: str) -> bool:
+    """Whether a string names an existing local file with an image extension (sentence-transformers' rule)."""
+    return text.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(text)
+
+
+def split_input(item: object, detect_image_paths: bool = False) -> tuple[str | None, object | None]:
+    """One raw query or document -> (text or None, image source or None).
+
+    - `str`: text. With `detect_image_paths`, a string naming an existing image file (`IMAGE_EXTENSIONS`) is an
+      image path instead, as in sentence-transformers.
+    - `pathlib.Path` (any `os.PathLike`), `PIL.Image.Image`, `numpy.ndarray` (H x W or H x W x C): an image.
+    - `(text, image)` tuple or `{"text": ..., "image": ...}` dict (either key may be missing or None): both; the image
+      may then also be a plain `str` path.
+    An empty text counts as no text. An item with neither raises.
+    """
+    if isinstance(item, dict):
+        unknown = set(item) - {"text", "image"}
+        if unknown:
+            raise ValueError(f"Input dict has keys {sorted(unknown)}; valid keys: ['image', 'text'].")
+        text, image = item.get("text"), item.get("image")
+    elif isinstance(item, tuple):
+        if len(item) != 2:
+            raise ValueError(f"A tuple input is (text, image); got a tuple of {len(item)} entries.")
+        text, image = item
+    elif isinstance(item, str):
+        text, image = (None, item) if detect_image_paths and is_image_file(item) else (item, None)
+    elif isinstance(item, (os.PathLike, Image.Image, np.ndarray)):
+        text, image = None, item
+    else:
+        raise TypeError(
+            f"Cannot encode a {type(item).__name__}; give a str (text), a pathlib.Path, PIL image or numpy array "
+            "(image), a (text, image) tuple or a {'text': ..., 'image': ...} dict."
+        )
+    if text is not None and not isinstance(text, str):
+        raise TypeError(f"Text must be a str or None, got {type(text).__name__}.")
+    if image is not None and not isinstance(image, (str, os.PathLike, Image.Image, np.ndarray)):
+        raise TypeError(f"An image must be a path, a PIL image or a numpy array, got {type(image).__name__}.")
+    text = text or None
+    if text is None and image is None:
+        raise ValueError(f"Input {item!r} has neither text nor an image.")
+    return text, image
+
+
+def load_image(source: "str | os.PathLike | Image.Image | np.ndarray") -> "Image.Image | np.ndarray":
+    """An image given as a local file path is opened, read and turned upright (EXIF orientation); a PIL image or an
+    array is returned as is (the processor converts every mode to RGB)."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file {str(path)!r} does not exist (URLs are not fetched: download first).")
+    with Image.open(path) as image:
+        return ImageOps.exif_transpose(image)  # a loaded copy, upright
+
+
+class Ret2InputBatches(torch.utils.data.Dataset):
+    """Batches of raw samples, each loaded and preprocessed when it is accessed (in a DataLoader worker when the
+    loader has workers). Item `i` is the processor's output for the samples `batches[i]`."""
+
+    def __init__(self, processor: "Ret2Processor", samples: list[tuple[str | None, object | None]], batches: list):
+        # `Image.open` reads pixels on first use; read them here: forked workers would share the open file's position.
+        for _, image in samples:
+            if isinstance(image, Image.Image):
+                image.load()
+        self.processor = processor
+        self.samples = samples
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        texts, images = zip(*(self.samples[j] for j in self.batches[i]))
+        images = [None if image is None else load_image(image) for image in images]
+        return dict(self.processor(text=list(texts), images=images, return_tensors="pt"))
+
+
+__all__ = ["Ret2InputBatches", "Ret2Processor", "is_image_file", "load_image", "split_input", "to_rgb"]

@@ -42,7 +42,7 @@ TRAINER_STATE = re.compile(
     r"(optimizer|scheduler|scaler)\.pt|rng_state(_\d+)?\.pth|training_args\.bin|trainer_state\.json"
 )
 ADAPTER_FILE = re.compile(r"adapter_(config\.json|model\.\w+)")
-REMOTE_CODE_FILES = ("configuration_ret2.py", "modeling_ret2.py", "processing_ret2.py")
+REMOTE_CODE_FILES = ("configuration_ret2.py", "modeling_ret2.py", "processing_ret2.py", "sentence_ret2.py")
 TAGS = ["ret2", "multimodal-retrieval", "image-text-retrieval", "text-image-retrieval", "custom_code"]
 MBEIR_ID = "TIGER-Lab/M-BEIR"
 M2KR_ID = "BByrneLab/multi_task_multi_modal_knowledge_retrieval_benchmark_M2KR"
@@ -333,8 +333,9 @@ def model_card(
         "",
         "## Usage",
         "",
-        "`trust_remote_code=True` runs this repository's `configuration_ret2.py`, `modeling_ret2.py` and "
-        "`processing_ret2.py` on your machine. Read them, then pin `revision` to the commit sha you reviewed (listed "
+        "`trust_remote_code=True` runs this repository's `configuration_ret2.py`, `modeling_ret2.py`, "
+        "`processing_ret2.py` and `sentence_ret2.py` (sentence-transformers) on your machine. Read them, then pin "
+        "`revision` to the commit sha you reviewed (listed "
         "under *Files and versions*) so that later pushes cannot change the code you run.",
         "",
         "```python",

@@ -22,7 +22,8 @@ from ret2.tiny import tiny_model_and_processor
 TOKEN = "hf_secretTOKEN0123456789abcdef"
 PUBLISHED = {
     "README.md", "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
-    "configuration_ret2.py", "modeling_ret2.py", "processing_ret2.py",
+    "configuration_ret2.py", "modeling_ret2.py", "processing_ret2.py", "sentence_ret2.py", "modules.json",
+    "config_sentence_transformers.json",
 }  # fmt: skip
 RESULTS = {
     "local": {
