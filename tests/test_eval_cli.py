@@ -304,3 +304,18 @@ def test_instructions_prompt_1_or_seeded_random(data, tmp_path):
     assert all(t.startswith("Retrieve passages from Wikipedia that provide answers") for t in texts(None))
     drawn = texts(random.Random(3))
     assert drawn == texts(random.Random(3)) and drawn != texts(None)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_readme_eval_command_in_reduced_precision(model_dir, data, mbeir_run, tmp_path, dtype):
+    """The README's `ret2-eval-mbeir ... --dtype bfloat16` on generated data, run as a user runs it: it completes, and
+    its local-pool metrics stay close to the fp32 run's (same model, data and protocol)."""
+    command = [sys.executable, "-m", "eval.mbeir", "--model", str(model_dir), "--data-root", str(data), "--pool",
+               "local", "--output-dir", str(tmp_path), "--dtype", dtype, "--batch-size", "8", "--num-workers", "0"]
+    out = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "| **Average** |" in out.stdout
+    reduced = json.loads((tmp_path / "results.json").read_text())["local"]
+    full = json.loads((mbeir_run / "results.json").read_text())["local"]
+    assert abs(reduced["average"] - full["average"]) <= 0.05
+    assert len(list((tmp_path / "cache").rglob("shard-*.npy"))) > 0
