@@ -12,9 +12,19 @@ from pathlib import Path
 from ret2.publish import run_in_clean_process
 
 
+# Prepended to every script: the process must not see our packages, or it would not test the remote code.
+GUARD = """
+try:
+    import modeling_ret2
+    raise SystemExit("modeling_ret2 is importable: this process would not test the remote code")
+except ModuleNotFoundError:
+    pass
+"""
+
+
 def load_in_clean_process(workdir: Path, script: str, timeout: int = 300) -> str:
     """Run `script` (dedented) in a clean process; returns its stdout, raises AssertionError if it fails."""
-    result = run_in_clean_process(workdir, textwrap.dedent(script), timeout=timeout)
+    result = run_in_clean_process(workdir, GUARD + textwrap.dedent(script), timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"clean process failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout
