@@ -91,14 +91,20 @@ def _record(raw: Mapping, where: str, root: Path, id_field: str, text_field: str
     if text is None and image is None:
         raise ValueError(f"{where}: record {raw[id_field]!r} has neither text ({text_field!r}) nor an image ({image_field!r})")
     if image is not None:
-        image = str(image)
-        if os.path.isabs(image):
-            relative = os.path.relpath(os.path.normpath(image), root)
-            if relative.startswith(".."):
-                raise ValueError(f"{where}: image {image!r} lies outside the image root {root}; pass image_root=")
-            image = relative
+        image = relative_image(image, root, where)
     metadata = {k: v for k, v in raw.items() if k not in (id_field, text_field, image_field)}
     return {"id": str(raw[id_field]), "text": None if text is None else str(text), "image": image, "metadata": metadata}
+
+
+def relative_image(image: str | os.PathLike, root: Path, where: str) -> str:
+    """An image path as stored: relative to `root`; an absolute path must lie under it (`where` names the record)."""
+    image = str(image)
+    if os.path.isabs(image):
+        relative = os.path.relpath(os.path.normpath(image), root)
+        if relative.startswith(".."):
+            raise ValueError(f"{where}: image {image!r} lies outside the image root {root}; pass image_root=")
+        image = relative
+    return image
 
 
 def _image_folder(folder: Path) -> Iterable[tuple[str, dict]]:
@@ -110,21 +116,10 @@ def _image_folder(folder: Path) -> Iterable[tuple[str, dict]]:
         yield relative, {"id": relative, "text": text, "image": relative}
 
 
-def read_records(
-    source: Records,
-    image_root: str | Path | None = None,
-    id_field: str = "id",
-    text_field: str = "text",
-    image_field: str = "image",
-) -> tuple[list[dict], Path]:
-    """Records {"id", "text", "image", "metadata"} and the image root of a source of documents.
-
-    Args:
-        source: a `.jsonl` or `.csv` file (image root default: its folder), a folder of images (the root: the
-            folder), a `datasets.Dataset` or a list of dicts (root default: the current directory).
-        image_root: the folder image paths are relative to.
-        id_field, text_field, image_field: the names of those fields in the source; every other field is metadata.
-    """
+def raw_records(source: Records, image_root: str | Path | None = None) -> tuple[Iterable[tuple[str, dict]], Path]:
+    """(where, record) pairs of a source as it is (`where` names the file and line for errors), and the image root:
+    a `.jsonl` or `.csv` file (root default: its folder), a folder of images (`_image_folder`; root: the folder), a
+    `datasets.Dataset` or a list of dicts (root default: the current directory)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.is_dir():
@@ -146,7 +141,24 @@ def read_records(
     else:
         root = Path(image_root or ".")
         raw = ((f"record {i}", r) for i, r in enumerate(source))
-    root = root.absolute()
+    return raw, root.absolute()
+
+
+def read_records(
+    source: Records,
+    image_root: str | Path | None = None,
+    id_field: str = "id",
+    text_field: str = "text",
+    image_field: str = "image",
+) -> tuple[list[dict], Path]:
+    """Records {"id", "text", "image", "metadata"} and the image root of a source of documents (see `raw_records`).
+
+    Args:
+        source: a `.jsonl` or `.csv` file, a folder of images, a `datasets.Dataset` or a list of dicts.
+        image_root: the folder image paths are relative to.
+        id_field, text_field, image_field: the names of those fields in the source; every other field is metadata.
+    """
+    raw, root = raw_records(source, image_root)
     fields_ = dict(id_field=id_field, text_field=text_field, image_field=image_field)
     records = [_record(r, where, root, **fields_) for where, r in raw]
     if not records:
@@ -626,6 +638,8 @@ def _blocks(shards: Sequence[np.ndarray], rows: int) -> Iterable[np.ndarray]:
 
 
 def _model_config(name_or_path: str) -> dict:
-    from transformers import AutoConfig
+    """The model's config.json (a folder, or a Hub id's downloaded snapshot)."""
+    from transformers.utils import cached_file
 
-    return AutoConfig.from_pretrained(name_or_path, trust_remote_code=True).to_dict()
+    path = Path(name_or_path) / "config.json" if os.path.isdir(name_or_path) else cached_file(name_or_path, "config.json")
+    return json.loads(Path(path).read_text())
