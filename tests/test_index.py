@@ -190,3 +190,28 @@ def test_milvus_lite_top10_equals_exact(model_dir, tmp_path):
         np.testing.assert_allclose([h.score for h in m], [h.score for h in e], atol=1e-4)
     with pytest.raises(ValueError, match="already exists"):
         index.to_milvus(str(tmp_path / "docs.db"), collection="docs")
+
+
+def test_cli_build_search_info_add(model_dir, photos, tmp_path, capsys):
+    from ret2.index import main
+
+    folder = str(tmp_path / "idx")
+    main(["build", folder, str(photos), "--model", model_dir, "--batch_size", "5"])
+    assert capsys.readouterr().out.strip().endswith("12 documents")
+    main(["search", folder, "--image", str(photos / "img08.png"), "-k", "3", "--json"])
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and hits[0]["id"] == "img08.png"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "red circle"}) + "\n" + json.dumps({"image": str(photos / "img09.png")}) + "\n")
+    main(["search", folder, "--queries", str(queries), "--k", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "query: {'text': 'red circle'}" and out[4].split()[2] == "img09.png"
+    more = tmp_path / "more"
+    more.mkdir()
+    pattern(50).save(more / "new.png")
+    (more / "docs.jsonl").write_text(json.dumps({"id": "new", "image": str(more / "new.png")}) + "\n")
+    with pytest.raises(ValueError, match="lies outside the image root"):
+        main(["add", folder, str(more / "docs.jsonl")])
+    main(["info", folder])
+    info = json.loads(capsys.readouterr().out)
+    assert info["documents"] == 12 and info["model"]["name_or_path"] == model_dir and info["approximate"] is None
