@@ -52,7 +52,8 @@ from ret2.encoding import (
     load_pool,
     model_fingerprint,
 )
-from ret2.search import BACKENDS, search as exact_search
+from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw
+from ret2.search import search as exact_search
 
 logger = logging.getLogger(__name__)
 
@@ -527,9 +528,7 @@ class Ret2Index:
             index = self._load_approximate()
             if index is None:
                 raise ValueError(f"index {self.folder} has no approximate index; call build_approximate() first")
-            index.hnsw.efSearch = ef_search or self.meta["approximate"]["ef_search"]
-            scores, rows = index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self)))
-            return scores, rows
+            return search_hnsw(index, queries, k, ef_search or self.meta["approximate"]["ef_search"])
         from ret2.milvus import search_collection
 
         if self.meta["milvus"] is None:
@@ -562,14 +561,7 @@ class Ret2Index:
             recall_sample: documents used as queries to measure recall@10. seed: which documents.
         """
         self._refuse_multi_vector("approximate search")
-        import faiss
-
-        shards = self.embeddings().shards
-        dim = shards[0].shape[1]
-        index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        for block in _blocks(shards, 100_000):
-            index.add(block)
+        index = build_hnsw(self.embeddings().shards, m, ef_construction)
         self._approximate = index
         self.meta["approximate"] = {"kind": "hnsw", "m": m, "ef_construction": ef_construction, "ef_search": ef_search}
         self._write_approximate()
@@ -588,7 +580,7 @@ class Ret2Index:
         queries = np.stack([self._row_vector(int(r)) for r in rows]).astype(np.float32)
         _, exact = self.search_embeddings(queries, k, "exact")
         _, approx = self.search_embeddings(queries, k, "approximate", ef_search=ef_search)
-        return float(np.mean([len(set(e) & set(a)) / len(e) for e, a in zip(exact, approx)]))
+        return recall_at_k(exact, approx)
 
     def _row_vector(self, row: int) -> np.ndarray:
         for shard in self.embeddings().shards:
@@ -639,13 +631,6 @@ class Ret2Index:
 
 def _as_float32(shards: Sequence[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([np.asarray(s, dtype=np.float32) for s in shards]))
-
-
-def _blocks(shards: Sequence[np.ndarray], rows: int) -> Iterable[np.ndarray]:
-    """fp32 copies of consecutive blocks of at most `rows` documents (bounded memory)."""
-    for shard in shards:
-        for start in range(0, len(shard), rows):
-            yield np.ascontiguousarray(shard[start : start + rows], dtype=np.float32)
 
 
 def _model_config(name_or_path: str) -> dict:

@@ -215,3 +215,19 @@ def test_cli_build_search_info_add(model_dir, photos, tmp_path, capsys):
     main(["info", folder])
     info = json.loads(capsys.readouterr().out)
     assert info["documents"] == 12 and info["model"]["name_or_path"] == model_dir and info["approximate"] is None
+
+
+def test_hnsw_helpers_against_exact_search():
+    from ret2.search import build_hnsw, recall_at_k, search_hnsw
+
+    assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 9], [4, 3]])) == 0.75
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(3000, 16)).astype(np.float32)
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float16)
+    queries = docs[:50].astype(np.float32) + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
+    index = build_hnsw([docs[:1000], docs[1000:]], m=16, ef_construction=64)
+    _, exact = search(queries, [docs[:1000], docs[1000:]], 10)
+    _, approx = search_hnsw(index, queries, 10, ef_search=256)
+    assert index.ntotal == 3000 and recall_at_k(exact, approx) >= 0.95
+    with pytest.raises(ValueError, match="multi-vector"):
+        build_hnsw([docs.reshape(1000, 3, 16)])
