@@ -33,13 +33,13 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ret2.data.images import ImageLoader, open_rgb
+from ret2.data.images import open_rgb
 from ret2.encoding import (
     DTYPES,
     SHARD_SIZE,
@@ -65,7 +65,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 ENGINES = ("exact", "approximate", "milvus")
 RESERVED_FIELDS = ("id", "text", "image")
 
-Records = "str | os.PathLike | Sequence[Mapping] | datasets.Dataset"  # what `build` / `add` take (see `read_records`)
+# What `build` / `add` take (see `raw_records`): a file or folder path, or records (a list of dicts, a datasets.Dataset).
+Records = Union[str, os.PathLike, Iterable[Mapping]]
 
 
 @dataclass
@@ -477,6 +478,8 @@ class Ret2Index:
     def encode_queries(self, queries: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
         """fp16 query embeddings (N, D) or (N, K, D) of queries in any form `query_parts` takes, as the evaluation
         encodes queries (rounded to fp16 like the documents)."""
+        if not queries:
+            raise ValueError("no queries to encode")
         parts = [query_parts(q) for q in queries]
         batch_size = batch_size or self.meta["config"]["batch_size"]
         out = []
