@@ -34,11 +34,19 @@ def write_collection(
 ) -> None:
     """Create `target["collection"]` at `target["uri"]` with a `target["index_type"]` index and insert every
     document (ids in order, embeddings (n_i, D) per shard)."""
-    from pymilvus import DataType
-
     if shards[0].ndim != 2:
         raise ValueError(f"Milvus takes one vector per document; got embeddings of shape {shards[0].shape[1:]}")
-    client, name = _client(target["uri"], token), target["collection"]
+    client = _client(target["uri"], token)
+    try:
+        _write(client, target, ids, shards, overwrite)
+    finally:
+        client.close()  # an open Milvus Lite client keeps its embedded server (and the process) alive
+
+
+def _write(client, target: dict, ids: Sequence[str], shards: Sequence[np.ndarray], overwrite: bool) -> None:
+    from pymilvus import DataType
+
+    name = target["collection"]
     if client.has_collection(name):
         if not overwrite:
             raise ValueError(f"Milvus collection {name!r} already exists at {target['uri']}; pass overwrite=True")
@@ -63,12 +71,24 @@ def write_collection(
     client.load_collection(name)
 
 
-def search_collection(target: dict, queries: np.ndarray, k: int, token: str = "") -> tuple[np.ndarray, np.ndarray]:
+def open_client(target: dict, token: str = ""):
+    """A client of the collection's Milvus (close it when done: an open Milvus Lite client keeps its server alive)."""
+    return _client(target["uri"], token)
+
+
+def search_collection(
+    target: dict, queries: np.ndarray, k: int, token: str = "", client=None
+) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) (Nq, k) of query embeddings (Nq, D) against the collection, best first; -1 rows pad missing
-    hits."""
-    client = _client(target["uri"], token)
-    results = client.search(target["collection"], data=np.asarray(queries, dtype=np.float32).tolist(), limit=k,
-                            search_params={"metric_type": "IP"}, output_fields=["row"])  # fmt: skip
+    hits. `client`: an open client (`open_client`) to reuse; without one a client is opened and closed."""
+    own = client is None
+    client = open_client(target, token) if own else client
+    try:
+        results = client.search(target["collection"], data=np.asarray(queries, dtype=np.float32).tolist(), limit=k,
+                                search_params={"metric_type": "IP"}, output_fields=["row"])  # fmt: skip
+    finally:
+        if own:
+            client.close()
     scores, rows = np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
     for q, hits in enumerate(results):
         for j, hit in enumerate(hits):
