@@ -11,6 +11,9 @@ every query: FAISS `IndexFlatIP` (single vectors on the CPU) or a torch matrix p
 fp32, memory bounded by the chunk, never by the pool. The candidates are then rescored in float64 (exact for fp16
 embeddings, whatever the engine or chunking) and ordered by score, ties to the lower document index. So every
 backend, chunk size and shard layout gives the same ranking.
+
+For collections in the millions, `build_hnsw` / `search_hnsw` are the approximate alternative (FAISS HNSW over fp32
+copies of single vectors), and `recall_at_k` measures it against `search`.
 """
 
 from __future__ import annotations
@@ -183,3 +186,45 @@ def search(
     else:
         candidates = _scan_torch(queries, shards, width, device)
     return _rescore(queries, shards, candidates, k, device)
+
+
+# ----------------------------------------------------------------------------- approximate: FAISS HNSW
+
+
+def build_hnsw(shards: Sequence[np.ndarray], m: int = 32, ef_construction: int = 80, block: int = 100_000):
+    """A FAISS `IndexHNSWFlat` (inner product) over single-vector document embeddings (n_i, D) in shards, added as fp32
+    blocks of `block` rows (bounded extra memory). Memory: 4 * D + about 8 * m bytes per document."""
+    faiss = _faiss()
+    if faiss is None:
+        raise ValueError("approximate search needs faiss (pip install faiss-cpu)")
+    shards = [s for s in shards if len(s)]
+    if not shards or shards[0].ndim != 2:
+        raise ValueError("HNSW indexes single vectors (N, D); multi-vector embeddings are searched exactly by `search`")
+    for name, value in (("m", m), ("ef_construction", ef_construction)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    index = faiss.IndexHNSWFlat(shards[0].shape[1], m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ef_construction
+    for shard in shards:
+        for start in range(0, len(shard), block):
+            index.add(np.ascontiguousarray(shard[start : start + block], dtype=np.float32))
+    return index
+
+
+def search_hnsw(index, queries: np.ndarray | torch.Tensor, k: int, ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(scores (Nq, k) float32, indices (Nq, k) int64) of the HNSW index, best first; -1 pads when fewer than k
+    documents are reachable. `ef_search` >= k: the search depth (higher: better recall, slower)."""
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if not isinstance(ef_search, int) or ef_search < 1:
+        raise ValueError(f"ef_search must be a positive integer, got {ef_search!r}")
+    queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
+    index.hnsw.efSearch = max(ef_search, k)
+    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+
+
+def recall_at_k(exact: np.ndarray, approximate: np.ndarray) -> float:
+    """Mean over queries of the fraction of the exact top-k ids (Nq, k) that the approximate top-k (Nq, k) holds."""
+    if exact.shape != approximate.shape:
+        raise ValueError(f"exact {exact.shape} and approximate {approximate.shape} results must have the same shape")
+    return float(np.mean([len(set(e) & set(a)) / len(e) for e, a in zip(exact.tolist(), approximate.tolist())]))

@@ -13,10 +13,8 @@ from conftest import WORDS, pattern
 from PIL import Image
 from torch import nn
 
-from ret2.bench import index
 from ret2.bench.common import BLACK_PIXEL, build_model, count_flops, make_inputs, peak_memory_bytes
 from ret2.bench.reference_ret1 import ReferenceRet1
-from modeling_ret2 import Ret2Model
 from ret2.tiny import tiny_model_and_processor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -141,16 +139,4 @@ def test_flop_count_of_a_linear_layer():
     assert count_flops(lambda: layer(x), layer) == 2 * 10 * 64 * 32
     assert layer.weight.requires_grad  # restored after the count
 
-
-def test_searches_return_the_exact_top_k():
-    docs = index.random_unit((500, 16), torch.device("cpu"), seed=0)
-    queries = index.random_unit((3, 16), torch.device("cpu"), seed=1)
-    expected = (queries @ docs.T).topk(5, dim=1).indices
-    assert torch.equal(index.single_vector_search(queries, docs, k=5, chunk=64), expected)
-
-    multi_docs = index.random_unit((300, 4, 8), torch.device("cpu"), seed=2)
-    multi_queries = index.random_unit((3, 4, 8), torch.device("cpu"), seed=3)
-    scores = Ret2Model.similarity(multi_queries, multi_docs)  # (3, 300) late interaction
-    found = index.late_interaction_search(multi_queries, multi_docs, k=5, chunk=70)
-    assert torch.equal(found, scores.topk(5, dim=1).indices)
 

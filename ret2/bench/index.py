@@ -1,8 +1,9 @@
 """Index size and exact search: one 768-d vector per document (ReT-2) vs 32 x 128 token vectors (ReT-1).
 
-Single vectors are searched with faiss `IndexFlatIP` when faiss is installed (and with a torch matrix product, the
-same engine as the multi-vector search, always). Multi-vector documents are scored by brute-force late interaction,
-`s(q, d) = sum_k max_l <q_k, d_l>`, chunk by chunk in torch, keeping a running top-k.
+Times the shipped search, `ret2.search.search` (what `eval.mbeir`, `eval.m2kr` and `ret2.index` rank with), over
+documents held in host memory as the cache holds them: single vectors with its torch backend on `device` and, on the
+CPU, its faiss `IndexFlatIP` backend; multi-vector documents by late interaction, `s(q, d) = sum_k max_l <q_k, d_l>`,
+with its torch backend. Each call includes the float64 rescoring of the k + 16 candidates the scan keeps.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import logging
 
 import torch
 import torch.nn.functional as F
+
+from ret2.search import search
 
 from .common import summarise, synchronize, time_calls
 
@@ -26,39 +29,6 @@ def random_unit(shape: tuple[int, ...], device: torch.device, seed: int, chunk: 
         block.normal_(generator=generator)
         block.copy_(F.normalize(block, dim=-1))
     return out
-
-
-def single_vector_search(queries: torch.Tensor, docs: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """queries (Nq, D), docs (N, D) -> indices (Nq, k) of the k highest dot products."""
-    best_scores = best_ids = None
-    for start in range(0, docs.shape[0], chunk):
-        scores = queries @ docs[start : start + chunk].T  # (Nq, C)
-        best_scores, best_ids = _merge_topk(best_scores, best_ids, scores, start, k)
-    return best_ids
-
-
-def late_interaction_search(queries: torch.Tensor, docs: torch.Tensor, k: int, chunk: int) -> torch.Tensor:
-    """queries (Nq, K, D), docs (N, L, D) -> indices (Nq, k) of the k best late-interaction scores."""
-    num_queries, query_tokens, dim = queries.shape
-    flat_queries = queries.reshape(-1, dim)  # (Nq*K, D)
-    best_scores = best_ids = None
-    for start in range(0, docs.shape[0], chunk):
-        block = docs[start : start + chunk]  # (C, L, D)
-        token_scores = flat_queries @ block.reshape(-1, dim).T  # (Nq*K, C*L)
-        token_scores = token_scores.view(num_queries, query_tokens, block.shape[0], block.shape[1])  # (Nq, K, C, L)
-        scores = token_scores.amax(dim=-1).sum(dim=1)  # (Nq, C)
-        best_scores, best_ids = _merge_topk(best_scores, best_ids, scores, start, k)
-    return best_ids
-
-
-def _merge_topk(best_scores, best_ids, scores, offset, k):
-    top_scores, top_ids = scores.topk(min(k, scores.shape[1]), dim=1)  # (Nq, k)
-    top_ids = top_ids + offset
-    if best_scores is None:
-        return top_scores, top_ids
-    scores, ids = torch.cat([best_scores, top_scores], dim=1), torch.cat([best_ids, top_ids], dim=1)  # (Nq, 2k)
-    keep = scores.topk(k, dim=1).indices
-    return scores.gather(1, keep), ids.gather(1, keep)
 
 
 def run(
@@ -78,10 +48,10 @@ def run(
     `num_docs` (the search is a linear scan); the row says so (`scaled_from_docs`). Default: all `num_docs`.
     """
     rows = []
-    docs = random_unit((num_docs, dim), device, seed=0)
-    queries = random_unit((num_queries, dim), device, seed=1)
-    chunk = 20_000
-    seconds = time_calls(lambda: single_vector_search(queries, docs, k, chunk), device, warmup=1, repeats=repeats)
+    cpu = torch.device("cpu")
+    docs = random_unit((num_docs, dim), cpu, seed=0).numpy()  # host memory, as the cache's shards are
+    queries = random_unit((num_queries, dim), cpu, seed=1)
+    seconds = time_calls(lambda: search(queries, [docs], k, "torch", device), device, warmup=1, repeats=repeats)
     rows.append(_row("single", "torch", num_docs, num_queries, dim * 4, seconds, None, device, dim=dim))
     try:
         import faiss  # optional: absent on the GPU machine
@@ -90,21 +60,16 @@ def run(
         logger.info("faiss is not installed: single-vector search timed with torch only")
     if faiss is not None and device.type == "cpu":
         faiss.omp_set_num_threads(torch.get_num_threads())  # the same threads as the torch searches
-        index = faiss.IndexFlatIP(dim)
-        index.add(docs.numpy())
-        query_array = queries.numpy()
-        seconds = time_calls(lambda: index.search(query_array, k), device, warmup=1, repeats=repeats)
-        rows.append(_row("single", "faiss IndexFlatIP", num_docs, num_queries, index.code_size, seconds, None, device,
+        seconds = time_calls(lambda: search(queries, [docs], k, "faiss", device), device, warmup=1, repeats=repeats)
+        rows.append(_row("single", "faiss IndexFlatIP", num_docs, num_queries, dim * 4, seconds, None, device,
                          dim=dim, faiss_threads=faiss.omp_get_max_threads()))  # fmt: skip
-        del index
     del docs
 
     searched = min(multi_docs or num_docs, num_docs)
-    multi = random_unit((searched, tokens, token_dim), device, seed=2)  # (N, L, D) fp32: 1.6 GB at 100k x 32 x 128
-    multi_queries = random_unit((num_queries, tokens, token_dim), device, seed=3)
-    chunk = max(1, 2**26 // (num_queries * tokens * tokens))  # token-score block of about 256 MB
+    multi = random_unit((searched, tokens, token_dim), cpu, seed=2).numpy()  # (N, L, D) fp32: 1.6 GB at 100k x 32 x 128
+    multi_queries = random_unit((num_queries, tokens, token_dim), cpu, seed=3)
     seconds = time_calls(
-        lambda: late_interaction_search(multi_queries, multi, k, chunk), device, warmup=1, repeats=repeats
+        lambda: search(multi_queries, [multi], k, "torch", device), device, warmup=1, repeats=repeats
     )
     scale = num_docs / searched
     rows.append(_row("multi", "torch late interaction", num_docs, num_queries, tokens * token_dim * 4,
@@ -128,4 +93,4 @@ def _row(kind, engine, num_docs, num_queries, bytes_per_doc, seconds, scaled_fro
     return row
 
 
-__all__ = ["run", "single_vector_search", "late_interaction_search", "random_unit"]
+__all__ = ["run", "random_unit"]

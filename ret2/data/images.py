@@ -32,12 +32,16 @@ class ImageLoader:
 
     def __call__(self, rel_path: str, record_id: str | None = None) -> Image.Image:
         """Load `rel_path` as an RGB image; `record_id` (qid / did) is named if the file is missing or unreadable."""
-        full = self.path(rel_path)
-        if not os.path.isfile(full):
-            raise FileNotFoundError(f"image {rel_path!r} of record {record_id!r} not found at {full}")
-        try:
-            with Image.open(full) as image:
-                image.load()  # decode now: a truncated file fails here, not later inside the processor
-                return to_rgb(image)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-            raise ValueError(f"image {rel_path!r} of record {record_id!r} at {full} cannot be read: {err}") from err
+        return open_rgb(self.path(rel_path), f"image {rel_path!r} of record {record_id!r}")
+
+
+def open_rgb(path: str | os.PathLike, what: str = "image") -> Image.Image:
+    """Open the image file at `path` (anywhere: no root check) as RGB, decoded now; `what` names it in errors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found at {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decode now: a truncated file fails here, not later inside the processor
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{what} at {path} cannot be read: {err}") from err

@@ -140,7 +140,7 @@ def load_model_and_processor(
             raise ValueError("--model tiny builds its vocabulary from the data: it needs no --streaming")
         model, processor = tiny_model_and_processor(words_of(list(train_set.texts())), seed=seed, **config_kwargs)
     elif PreTrainedConfig.get_config_dict(name)[0].get("model_type") == Ret2Model.config_class.model_type:
-        model, processor = Ret2Model.from_pretrained(name, **config_kwargs), Ret2Processor.from_pretrained(name)
+        model, processor = Ret2Model.from_pretrained(name, **config_kwargs), Ret2Processor.from_pretrained(name, trust_remote_code=True)
     else:
         model = Ret2Model.from_backbone(name, **config_kwargs)
         processor = Ret2Processor(
@@ -152,10 +152,16 @@ def load_model_and_processor(
 
 
 def train(
-    model_args: ModelArguments, data_args: DataArguments, training_args: TrainingArguments
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: TrainingArguments,
+    datasets: tuple[ContrastiveDataset, ContrastiveDataset | None] | None = None,
 ) -> ContrastiveTrainer:
     """Train, save the final model and processor to `training_args.output_dir`, evaluate when there is an
-    evaluation set. Returns the trainer (its `model` is the trained model)."""
+    evaluation set. Returns the trainer (its `model` is the trained model).
+
+    `datasets`: (train, eval) built elsewhere (e.g. `ret2.training.pairs`) instead of from the data arguments, of
+    which only `image_root` / `data_root`, `num_hard_negatives` then apply."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
         raise ValueError(f"launched as {os.environ['WORLD_SIZE']} processes, but the Trainer is not distributed")
     training_args.remove_unused_columns = False  # the collator reads fields the model does not take
@@ -168,7 +174,7 @@ def train(
 
     set_seed(training_args.seed)
     with training_args.main_process_first(desc="reading the training data"):
-        train_set, eval_set = build_datasets(data_args, training_args.seed)
+        train_set, eval_set = datasets if datasets is not None else build_datasets(data_args, training_args.seed)
     model, processor = load_model_and_processor(model_args, train_set, training_args.seed)
     trainer = ContrastiveTrainer(
         model=model,

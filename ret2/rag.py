@@ -1,0 +1,79 @@
+"""Retrieval-augmented generation with ReT-2, the paper's downstream use: a question about an image retrieves
+passages from a knowledge base, and the passages and the question become the prompt of any generator (an LLM or a
+multimodal LLM: this module stops at the prompt string).
+
+    from ret2.rag import build_knowledge_base, retrieve, build_prompt
+
+    kb = build_knowledge_base("kb-index", ["data/ReT-M2KR/infoseek_passages_test.jsonl"], model="path/or/hub-id",
+                              image_root="data/ReT-M2KR")               # passages with or without images
+    passages = retrieve(kb, "What is this building called?", image="photo.jpg", k=5)
+    prompt = build_prompt("What is this building called?", passages)   # hand it, with the image, to any generator
+
+The knowledge base is a `ret2.index.Ret2Index` of ReT-M2KR passage files (`passage_id`, `passage_text`,
+`passage_image_path`: the layout `eval.m2kr` reads and `ret2.data.synthetic.generate_mbeir` writes under `<root>/m2kr`).
+Command line: `python -m ret2.rag KB_FOLDER --question "..." --image photo.jpg -k 5` prints the prompt.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from ret2.data.m2kr import read_ret_m2kr_passages
+from ret2.index import Hit, Ret2Index
+
+PROMPT_TEMPLATE = (
+    "Answer the question about the image using the passages below. If they do not contain the answer, say so.\n\n"
+    "{passages}\n\nQuestion: {question}\nAnswer:"
+)
+
+
+def passage_records(files: Sequence[str | Path]) -> list[dict]:
+    """Index records {"id", "text", "image"} of ReT-M2KR passage files (ids as strings, null texts dropped)."""
+    return [{"id": p["pid"], "text": p["text"] or None, "image": p["img_path"]}
+            for path in files for p in read_ret_m2kr_passages(path)]  # fmt: skip
+
+
+def build_knowledge_base(
+    folder: str | Path, passage_files: Sequence[str | Path], model: str | Path, image_root: str | Path, **build: Any
+) -> Ret2Index:
+    """A `Ret2Index` at `folder` of the passages of ReT-M2KR passage files (images relative to `image_root`);
+    `**build`: more `Ret2Index.build` arguments (batch_size, device, ...)."""
+    return Ret2Index.build(folder, passage_records(passage_files), model, image_root=image_root, **build)
+
+
+def retrieve(index: Ret2Index, question: str | None, image: Any = None, k: int = 5) -> list[Hit]:
+    """The top-k passages for a question (text) about an image (a PIL image or a path anywhere on disk); either may
+    be None."""
+    return index.search({"text": question, "image": image}, k=k)
+
+
+def build_prompt(question: str, passages: Sequence[Hit], template: str = PROMPT_TEMPLATE) -> str:
+    """The generator's prompt: the passages, numbered best first (an image passage names its image file), and the
+    question. `template` has `{passages}` and `{question}` fields."""
+    lines = []
+    for rank, hit in enumerate(passages, 1):
+        image = f" [image: {hit.image}]" if hit.image else ""
+        lines.append(f"Passage {rank} ({hit.id}){image}: {hit.text or ''}".rstrip())
+    return template.format(passages="\n".join(lines), question=question)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m ret2.rag`: print the prompt for a question (and image) against a knowledge-base index."""
+    from ret2.cli import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("index", help="the knowledge-base index folder (ret2-index build ... passages.jsonl)")
+    parser.add_argument("--question", required=True, help="the question")
+    parser.add_argument("--image", help="the question's image (a path anywhere on disk)")
+    parser.add_argument("-k", "--k", type=int, default=5, help="passages in the prompt")
+    parser.add_argument("--model", help="the model (default: the one that built the index)")
+    args = parser.parse_args(argv)
+    index = Ret2Index.open(args.index, args.model)
+    print(build_prompt(args.question, retrieve(index, args.question, args.image, args.k)))
+
+
+if __name__ == "__main__":
+    from ret2.cli import run_cli
+
+    run_cli(main)

@@ -1,0 +1,250 @@
+"""`ret2.index.Ret2Index`: building from every source, resuming, refusing another model, adding, searching
+(exact through `ret2.search.search`, approximate with measured recall, Milvus Lite), and the `ret2-index` CLI."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from ret2.index import Hit, Ret2Index, query_parts, read_records
+from ret2.search import search
+from ret2.tiny import tiny_model_and_processor
+
+from conftest import WORDS, pattern
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny ReT-2 saved to a folder (its files are the model's identity)."""
+    model, processor = tiny_model_and_processor(WORDS, seed=0)
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """A folder of 12 images, half of them with a caption file beside them, one in a subfolder."""
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "sub").mkdir()
+    captions = ["red circle", "blue square", "green star", "yellow triangle", "big red square", "small blue star"]
+    for i in range(12):
+        name = folder / ("sub" if i == 11 else "") / f"img{i:02d}.png"
+        pattern(i).save(name)
+        if i < len(captions):
+            name.with_suffix(".txt").write_text(captions[i])
+    return folder
+
+
+def _records(tmp_path, n=20, start=0):
+    for i in range(start, start + n):
+        pattern(100 + i).save(tmp_path / f"d{i}.png")
+    words = WORDS
+    return [{"id": f"d{i}", "text": f"{words[i % 14]} {words[(3 * i) % 14]}" if i % 3 else None,
+             "image": f"d{i}.png" if i % 3 != 1 else None, "source": "unit", "rank": i} for i in range(start, start + n)]
+
+
+def test_folder_index_search_matches_ret2_search(model_dir, photos, tmp_path):
+    index = Ret2Index.build(tmp_path / "idx", photos, model=model_dir, batch_size=4, shard_size=5)
+    assert len(index) == 12
+    records = [index.record(r) for r in range(12)]
+    assert records[11] == {"id": "sub/img11.png", "text": None, "image": "sub/img11.png", "metadata": {}}
+    assert records[0]["text"] == "red circle" and records[7]["text"] is None
+    queries = ["red circle", pattern(3), photos / "img05.png", {"text": "blue star", "image": pattern(9)}, ("green", None)]
+    hits = index.search(queries, k=4)
+    # the index ranks exactly as ret2.search.search over its own cached shards
+    scores, rows = search(index.encode_queries(queries), index.embeddings().shards, 4)
+    assert [[h.id for h in q] for q in hits] == [[index.record(int(r))["id"] for r in row] for row in rows]
+    np.testing.assert_allclose([[h.score for h in q] for q in hits], scores, rtol=1e-6)
+    # a query image that is a stored document (outside any root given as a Path) finds itself first
+    assert index.search(photos / "img08.png", k=1)[0].id == "img08.png"  # image-only document
+    single = index.search("red circle", k=2)
+    assert isinstance(single[0], Hit) and [h.id for h in single] == [h.id for h in hits[0][:2]]
+
+
+def test_jsonl_csv_dataset_sources_and_metadata(model_dir, tmp_path):
+    import csv
+
+    import datasets
+
+    records = _records(tmp_path)
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with open(tmp_path / "docs.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, ["id", "text", "image", "source", "rank"])
+        writer.writeheader()
+        writer.writerows({**r, "text": r["text"] or "", "image": r["image"] or ""} for r in records)
+    from_jsonl, root = read_records(jsonl)
+    from_csv, _ = read_records(tmp_path / "docs.csv")
+    from_dataset, _ = read_records(datasets.Dataset.from_list(records), image_root=tmp_path)
+    assert root == tmp_path and from_jsonl[2] == {"id": "d2", "text": "blue triangle", "image": "d2.png",
+                                                   "metadata": {"source": "unit", "rank": 2}}
+    assert [r["id"] for r in from_csv] == [r["id"] for r in from_jsonl] and from_csv[2]["metadata"]["rank"] == "2"
+    assert from_dataset == from_jsonl
+    index = Ret2Index.build(tmp_path / "idx", jsonl, model=model_dir, batch_size=8)
+    hit = index.search({"image": tmp_path / "d5.png", "text": records[5]["text"]}, k=1)[0]  # text + image document
+    assert (hit.id, hit.metadata) == ("d5", {"source": "unit", "rank": 5})
+
+
+def test_bad_records_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"record 1: record has no 'id' field"):
+        read_records([{"id": "a", "text": "x"}, {"text": "y"}])
+    with pytest.raises(ValueError, match=r"record 'b' has neither text"):
+        read_records([{"id": "b", "text": ""}])
+    with pytest.raises(ValueError, match=r"lies outside the image root"):
+        read_records([{"id": "c", "image": "/elsewhere/x.png"}], image_root=tmp_path)
+    with pytest.raises(TypeError, match=r"a query is a str"):
+        query_parts(3)
+    with pytest.raises(FileNotFoundError, match=r"query image '/nope.png' not found"):
+        query_parts({"image": "/nope.png"})
+
+
+def test_killed_build_resumes_to_the_same_index(model_dir, tmp_path, monkeypatch):
+    records = _records(tmp_path, n=23)
+    full = Ret2Index.build(tmp_path / "full", records, model=model_dir, image_root=tmp_path, shard_size=5, batch_size=3)
+    import ret2.encoding as encoding
+
+    real_save, written = np.save, []
+
+    def dying_save(f, array):  # the build is killed while it writes its third shard
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        written.append(1)
+        real_save(f, array)
+
+    monkeypatch.setattr(encoding.np, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        Ret2Index.build(tmp_path / "killed", records, model=model_dir, image_root=tmp_path, shard_size=5, batch_size=3)
+    monkeypatch.setattr(encoding.np, "save", real_save)
+    cache = next((tmp_path / "killed" / "cache" / "part-00000").iterdir())
+    assert sorted(p.name for p in cache.glob("*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}
+    resumed = Ret2Index.build(tmp_path / "killed", records, model=model_dir, image_root=tmp_path, shard_size=5,
+                              batch_size=3)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.glob("shard-0000[01].npy")} == mtimes  # not re-encoded
+    a, b = full.embeddings(), resumed.embeddings()
+    assert a.ids == b.ids and np.array_equal(np.concatenate(a.shards), np.concatenate(b.shards))
+    with pytest.raises(FileExistsError, match="already holds an index"):
+        Ret2Index.build(tmp_path / "killed", records, model=model_dir, image_root=tmp_path)
+
+
+def test_another_model_is_refused_and_add_appends(model_dir, tmp_path):
+    records = _records(tmp_path, n=10)
+    index = Ret2Index.build(tmp_path / "idx", records[:6], model=model_dir, image_root=tmp_path)
+    assert index.add(records[6:]) == 4 and len(index) == 10
+    with pytest.raises(ValueError, match="'d7' is already in the index"):
+        index.add(records[7:8])
+    reopened = Ret2Index.open(tmp_path / "idx")
+    assert reopened.embeddings().ids == [r["id"] for r in records]
+    assert [p["count"] for p in reopened.info()["parts"]] == [6, 4]
+    other, processor = tiny_model_and_processor(WORDS, seed=1)
+    other.save_pretrained(tmp_path / "other")
+    processor.save_pretrained(tmp_path / "other")
+    with pytest.raises(ValueError, match=r"was built with model .* has different files"):
+        Ret2Index.open(tmp_path / "idx", model=tmp_path / "other")
+
+
+def test_multi_vector_index_searches_exactly_and_refuses_approximate(tmp_path):
+    model, processor = tiny_model_and_processor(WORDS, seed=0, pooling="none")
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    records = _records(tmp_path, n=8)
+    index = Ret2Index.build(tmp_path / "idx", records, model=tmp_path / "m", image_root=tmp_path)
+    assert index.multi_vector and index.embeddings().shards[0].ndim == 3
+    queries = ["red circle", pattern(104)]
+    scores, rows = search(index.encode_queries(queries), index.embeddings().shards, 3)
+    assert [[h.id for h in q] for q in index.search(queries, k=3)] == [[f"d{r}" for r in row] for row in rows]
+    with pytest.raises(ValueError, match="multi-vector .* use engine='exact'"):
+        index.build_approximate()
+    with pytest.raises(ValueError, match="multi-vector"):
+        index.to_milvus(str(tmp_path / "m.db"))
+
+
+def test_approximate_index_reports_recall(model_dir, tmp_path):
+    records = _records(tmp_path, n=30)
+    index = Ret2Index.build(tmp_path / "idx", records, model=model_dir, image_root=tmp_path)
+    report = index.build_approximate(m=8, recall_sample=30)
+    assert report["recall_at_10"] == pytest.approx(index.approximate_recall(30)) and report["recall_queries"] == 30
+    assert report["recall_at_10"] >= 0.9  # 30 documents: HNSW with ef_search 128 visits them all
+    assert [h.id for h in index.search("red circle", k=5, engine="approximate")] == [
+        h.id for h in index.search("red circle", k=5)]
+    index.add(_records(tmp_path, n=3, start=30))  # the approximate index follows the new documents
+    assert Ret2Index.open(tmp_path / "idx")._load_approximate().ntotal == 33
+
+
+def test_milvus_lite_top10_equals_exact(model_dir, tmp_path):
+    pytest.importorskip("pymilvus")
+    pytest.importorskip("milvus_lite")
+    records = _records(tmp_path, n=40)
+    index = Ret2Index.build(tmp_path / "idx", records, model=model_dir, image_root=tmp_path)
+    index.to_milvus(str(tmp_path / "docs.db"), collection="docs")
+    queries = ["red circle", "blue square big", pattern(110), {"text": "green star", "image": pattern(120)}]
+    exact = index.search(queries, k=10)
+    milvus = Ret2Index.open(tmp_path / "idx").search(queries, k=10, engine="milvus")
+    for e, m in zip(exact, milvus):
+        gaps = np.diff([h.score for h in e])
+        assert np.all(np.abs(gaps) > 1e-4), "test data has near-ties"
+        assert [h.id for h in m] == [h.id for h in e]
+        np.testing.assert_allclose([h.score for h in m], [h.score for h in e], atol=1e-4)
+    with pytest.raises(ValueError, match="already exists"):
+        index.to_milvus(str(tmp_path / "docs.db"), collection="docs")
+
+
+def test_cli_build_search_info_add(model_dir, photos, tmp_path, capsys):
+    from ret2.index import main
+
+    folder = str(tmp_path / "idx")
+    main(["build", folder, str(photos), "--model", model_dir, "--batch_size", "5"])
+    assert capsys.readouterr().out.strip().endswith("12 documents")
+    main(["search", folder, "--image", str(photos / "img08.png"), "-k", "3", "--json"])
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and hits[0]["id"] == "img08.png"
+    queries = tmp_path / "q.jsonl"
+    queries.write_text(json.dumps({"text": "red circle"}) + "\n" + json.dumps({"image": str(photos / "img09.png")}) + "\n")
+    main(["search", folder, "--queries", str(queries), "--k", "2"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "query: {'text': 'red circle'}" and out[4].split()[2] == "img09.png"
+    more = tmp_path / "more"
+    more.mkdir()
+    pattern(50).save(more / "new.png")
+    (more / "docs.jsonl").write_text(json.dumps({"id": "new", "image": str(more / "new.png")}) + "\n")
+    with pytest.raises(ValueError, match="lies outside the image root"):
+        main(["add", folder, str(more / "docs.jsonl")])
+    main(["info", folder])
+    info = json.loads(capsys.readouterr().out)
+    assert info["documents"] == 12 and info["model"]["name_or_path"] == model_dir and info["approximate"] is None
+
+
+def test_hnsw_helpers_against_exact_search():
+    from ret2.search import build_hnsw, recall_at_k, search_hnsw
+
+    assert recall_at_k(np.array([[1, 2], [3, 4]]), np.array([[2, 9], [4, 3]])) == 0.75
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(3000, 16)).astype(np.float32)
+    docs = (docs / np.linalg.norm(docs, axis=1, keepdims=True)).astype(np.float16)
+    queries = docs[:50].astype(np.float32) + 0.05 * rng.normal(size=(50, 16)).astype(np.float32)
+    index = build_hnsw([docs[:1000], docs[1000:]], m=16, ef_construction=64)
+    _, exact = search(queries, [docs[:1000], docs[1000:]], 10)
+    _, approx = search_hnsw(index, queries, 10, ef_search=256)
+    assert index.ntotal == 3000 and recall_at_k(exact, approx) >= 0.95
+    with pytest.raises(ValueError, match="multi-vector"):
+        build_hnsw([docs.reshape(1000, 3, 16)])
+
+
+def test_readme_snippet_runs_as_written(model_dir, photos, tmp_path, monkeypatch, capsys):
+    """The README's "Search your own images and text" block, with the model path filled in."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Search your own images and text"):]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) <= 6
+    monkeypatch.chdir(tmp_path)
+    os.symlink(photos, tmp_path / "photos")
+    pattern(77).save(tmp_path / "query.jpg")
+    namespace = {}
+    exec(code.replace("path/or/hub-id", model_dir), namespace)
+    assert len(capsys.readouterr().out.splitlines()) == 5 and len(namespace["hits"]) == 5
