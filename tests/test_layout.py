@@ -16,9 +16,9 @@ from ret2.data.images import ImageLoader
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"ret2", "modeling_ret2", "configuration_ret2"}
-COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.data.synthetic", "ret2.conversion",
-            "ret2.publish", "ret2.demo", "ret2.bench", "ret2.bench.train_tiny", "ret2.bench.eval_pool",
-            "ret2.bench.profile"]  # fmt: skip
+COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.index", "ret2.rag", "ret2.data.synthetic",
+            "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.bench", "ret2.bench.train_tiny",
+            "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw", "ret2.bench.search_index"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -36,8 +36,8 @@ def test_wheel_installs_exactly_the_ret2_namespace(tmp_path):
         assert module in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
-    for command in ("ret2-eval-mbeir", "ret2-eval-m2kr", "ret2-train", "ret2-synthetic", "ret2-convert-ret1",
-                    "ret2-publish", "ret2-demo", "ret2-bench"):  # fmt: skip
+    for command in ("ret2-eval-mbeir", "ret2-eval-m2kr", "ret2-train", "ret2-index", "ret2-synthetic",
+                    "ret2-convert-ret1", "ret2-publish", "ret2-demo", "ret2-bench"):  # fmt: skip
         assert f"{command} = ret2.cli:" in scripts
 
 
