@@ -158,13 +158,16 @@ def results_table(rows: Sequence[EvalRow], results: dict[str, dict]) -> str:
 def check_files(root: Path, rows: Sequence[EvalRow], pools: Sequence[str]) -> None:
     """FileNotFoundError listing, in one line, every file of `root` the evaluation needs and lacks: the query, qrels
     and local pool files of `rows`, and for the global pool the 16 local pools."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"the M-BEIR root {root} is not a folder")
     needed = [p for row in rows for p in (row.query_path(root), row.qrels_path(root), row.pool_path(root))]
     needed += [row.pool_path(root) for row in EVAL_ROWS] if "global" in pools else []
     missing = [str(p.relative_to(root)) for p in dict.fromkeys(needed) if not p.is_file()]
     if missing:
         scope = "the global pool is the union of the 16 local pools" if "global" in pools else "--pool local"
-        raise FileNotFoundError(f"{root}: missing M-BEIR file(s) {missing} (needed for {scope}; only the requested "
-                                "rows' query, qrels and pool files are needed otherwise)")
+        shown = missing if len(missing) <= 6 else [*missing[:6], f"... {len(missing) - 6} more"]
+        raise FileNotFoundError(f"{root}: {len(missing)} missing M-BEIR file(s) {shown} (needed for {scope}; only the "
+                                "requested rows' query, qrels and pool files are needed otherwise)")
 
 
 def evaluate_mbeir(
