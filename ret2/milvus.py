@@ -15,6 +15,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .search import unit_rows
+
 INSERT_BATCH = 5_000  # rows per insert call
 ID_LENGTH = 1024  # longest document id a collection takes (VARCHAR max_length)
 
@@ -64,7 +66,7 @@ def _write(client, target: dict, ids: Sequence[str], shards: Sequence[np.ndarray
     row = 0
     for shard in shards:
         for start in range(0, len(shard), INSERT_BATCH):
-            block = np.asarray(shard[start : start + INSERT_BATCH], dtype=np.float32)
+            block = unit_rows(shard[start : start + INSERT_BATCH])
             client.insert(name, [{"id": ids[row + j], "row": row + j, "vector": v.tolist()} for j, v in enumerate(block)])
             row += len(block)
     client.flush(name)
@@ -84,7 +86,7 @@ def search_collection(
     own = client is None
     client = open_client(target, token) if own else client
     try:
-        results = client.search(target["collection"], data=np.asarray(queries, dtype=np.float32).tolist(), limit=k,
+        results = client.search(target["collection"], data=unit_rows(queries).tolist(), limit=k,
                                 search_params={"metric_type": "IP"}, output_fields=["row"])  # fmt: skip
     finally:
         if own:

@@ -38,6 +38,12 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """A float32 copy of `x` with every vector re-normalised: what the approximate engines (HNSW, Milvus) are given,
+    so that they score the same vectors as the exact search."""
+    return np.ascontiguousarray(_unit(torch.from_numpy(np.array(x, dtype=np.float32))).numpy())
+
+
 def _faiss():
     try:
         import faiss
@@ -207,7 +213,7 @@ def build_hnsw(shards: Sequence[np.ndarray], m: int = 32, ef_construction: int =
     index.hnsw.efConstruction = ef_construction
     for shard in shards:
         for start in range(0, len(shard), block):
-            index.add(np.ascontiguousarray(shard[start : start + block], dtype=np.float32))
+            index.add(unit_rows(shard[start : start + block]))
     return index
 
 
@@ -220,7 +226,7 @@ def search_hnsw(index, queries: np.ndarray | torch.Tensor, k: int, ef_search: in
         raise ValueError(f"ef_search must be a positive integer, got {ef_search!r}")
     queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
     index.hnsw.efSearch = max(ef_search, k)
-    return index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, index.ntotal))
+    return index.search(unit_rows(queries), min(k, index.ntotal))
 
 
 def recall_at_k(exact: np.ndarray, approximate: np.ndarray) -> float:

@@ -184,10 +184,12 @@ def test_milvus_lite_top10_equals_exact(model_dir, tmp_path):
     exact = index.search(queries, k=10)
     milvus = Ret2Index.open(tmp_path / "idx").search(queries, k=10, engine="milvus")
     for e, m in zip(exact, milvus):
+        # Both engines score the same stored fp16 vectors (fp32 in Milvus, fp64 in the exact rescoring): they agree to
+        # ~1e-6, so neighbours 1e-5 apart are no near-tie.
         gaps = np.diff([h.score for h in e])
-        assert np.all(np.abs(gaps) > 1e-4), "test data has near-ties"
+        assert np.all(np.abs(gaps) > 1e-5), "test data has near-ties"
         assert [h.id for h in m] == [h.id for h in e]
-        np.testing.assert_allclose([h.score for h in m], [h.score for h in e], atol=1e-4)
+        np.testing.assert_allclose([h.score for h in m], [h.score for h in e], atol=1e-5)
     with pytest.raises(ValueError, match="already exists"):
         index.to_milvus(str(tmp_path / "docs.db"), collection="docs")
 
