@@ -37,9 +37,7 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 
-from ret2.data.images import open_rgb
 from ret2.encoding import (
     DTYPES,
     SHARD_SIZE,
@@ -209,41 +207,6 @@ def _write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ----------------------------------------------------------------------------- queries
-
-
-def _image(value: Any) -> Image.Image:
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, (str, os.PathLike)):
-        return open_rgb(os.path.abspath(value), f"query image {str(value)!r}")
-    raise TypeError(f"a query image must be a PIL image or a path, got {type(value).__name__}")
-
-
-def query_parts(query: Any) -> tuple[str | None, Image.Image | None]:
-    """(text, image) of one query: a str (text), a PIL image or a `pathlib.Path` (an image, anywhere on disk), a
-    dict {"text": ..., "image": ...} or a (text, image) tuple; the image of a dict or tuple is a PIL image or a path."""
-    if isinstance(query, str):
-        text, image = query, None
-    elif isinstance(query, (Image.Image, os.PathLike)):
-        text, image = None, _image(query)
-    elif isinstance(query, Mapping):
-        unknown = set(query) - {"text", "image"}
-        if unknown:
-            raise ValueError(f"query keys {sorted(unknown)} are not among ['image', 'text']")
-        text, image = query.get("text"), None if query.get("image") is None else _image(query["image"])
-    elif isinstance(query, tuple) and len(query) == 2:
-        text, image = query[0], None if query[1] is None else _image(query[1])
-    else:
-        raise TypeError(
-            f"a query is a str (text), a PIL image or pathlib.Path (image), a dict {{'text', 'image'}} or a "
-            f"(text, image) tuple; a list of those is a batch. Got {type(query).__name__}"
-        )
-    if not text and image is None:
-        raise ValueError(f"query {query!r} has neither text nor an image")
-    return text or None, image
 
 
 # ----------------------------------------------------------------------------- the index
@@ -476,19 +439,14 @@ class Ret2Index:
     # ------------------------------------------------------------------ search
 
     def encode_queries(self, queries: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
-        """fp16 query embeddings (N, D) or (N, K, D) of queries in any form `query_parts` takes, as the evaluation
-        encodes queries (rounded to fp16 like the documents)."""
+        """fp16 query embeddings (N, D) or (N, K, D), rounded to fp16 like the documents, of raw queries in any form
+        the model's one-call `encode` takes (a str is text; a PIL image or `pathlib.Path` an image, anywhere on
+        disk; a `(text, image)` tuple or `{"text", "image"}` dict both)."""
         if not queries:
             raise ValueError("no queries to encode")
-        parts = [query_parts(q) for q in queries]
         batch_size = batch_size or self.meta["config"]["batch_size"]
-        out = []
-        with torch.inference_mode():
-            for start in range(0, len(parts), batch_size):
-                texts, images = zip(*parts[start : start + batch_size])
-                inputs = self.processor(text=list(texts), images=list(images), return_tensors="pt").to(self.device)
-                out.append(self.model.encode_queries(**inputs).float().cpu().numpy().astype(np.float16))
-        return np.concatenate(out)
+        embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size)
+        return embeddings.astype(np.float16)
 
     def search(
         self,
@@ -502,7 +460,7 @@ class Ret2Index:
         such lists).
 
         Args:
-            queries: a query (see `query_parts`: text, image, or both) or a list of queries.
+            queries: a query (text, image, or both, as `Ret2Model.encode` takes it) or a list of queries.
             k: results per query.
             engine: "exact" (`ret2.search.search`), "approximate" (the HNSW index of `build_approximate`) or
                 "milvus" (the collection of `to_milvus`).

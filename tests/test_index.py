@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from ret2.index import Hit, Ret2Index, query_parts, read_records
+from ret2.index import Hit, Ret2Index, read_records
 from ret2.search import search
 from ret2.tiny import tiny_model_and_processor
 
@@ -86,6 +86,11 @@ def test_jsonl_csv_dataset_sources_and_metadata(model_dir, tmp_path):
     index = Ret2Index.build(tmp_path / "idx", jsonl, model=model_dir, batch_size=8)
     hit = index.search({"image": tmp_path / "d5.png", "text": records[5]["text"]}, k=1)[0]  # text + image document
     assert (hit.id, hit.metadata) == ("d5", {"source": "unit", "rank": 5})
+    # queries follow the model's one-call `encode` rule, and say what is wrong with a bad one
+    with pytest.raises(TypeError, match=r"Cannot encode a int"):
+        index.search(3)
+    with pytest.raises(FileNotFoundError, match=r"Image file '/nope.png' does not exist"):
+        index.search({"image": "/nope.png"})
 
 
 def test_bad_records_are_named(tmp_path):
@@ -95,10 +100,6 @@ def test_bad_records_are_named(tmp_path):
         read_records([{"id": "b", "text": ""}])
     with pytest.raises(ValueError, match=r"lies outside the image root"):
         read_records([{"id": "c", "image": "/elsewhere/x.png"}], image_root=tmp_path)
-    with pytest.raises(TypeError, match=r"a query is a str"):
-        query_parts(3)
-    with pytest.raises(FileNotFoundError, match=r"query image '/nope.png' not found"):
-        query_parts({"image": "/nope.png"})
 
 
 def test_killed_build_resumes_to_the_same_index(model_dir, tmp_path, monkeypatch):
