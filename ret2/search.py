@@ -7,7 +7,7 @@ vector (each token of a multi-vector embedding, as the model makes them) is re-n
 stored dtype, as UniIR does: fp16 rounding moves norms by ~1e-3, and stored rows need not be unit vectors at all.
 
 The search makes two passes. A scan over the documents, chunk by chunk, keeps the best `k + margin` candidates of
-every query: FAISS `IndexFlatIP` (single vectors on the CPU) or a torch matrix product (any device, both kinds),
+every query: FAISS exact inner-product k-NN, `faiss.knn` (single vectors on the CPU) or a torch matrix product (any device, both kinds),
 fp32, memory bounded by the chunk, never by the pool. The candidates are then rescored in float64 (exact for fp16
 embeddings, whatever the engine or chunking) and ordered by score, ties to the lower document index. So every
 backend, chunk size and shard layout gives the same ranking.
@@ -105,15 +105,15 @@ def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int,
 
 
 def _scan_faiss(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int) -> torch.Tensor:
-    """Candidate indices (Nq, width) from FAISS `IndexFlatIP` over one chunk of documents at a time."""
+    """Candidate indices (Nq, width) from FAISS's exact inner-product k-NN over one chunk of documents at a time
+    (`faiss.knn`: the scan of `IndexFlatIP` without copying the chunk into an index)."""
     faiss = _faiss()
     dim = queries.shape[1]
     queries = np.ascontiguousarray(queries.numpy())
     best = (torch.full((len(queries), width), -torch.inf), torch.full((len(queries), width), -1, dtype=torch.long))
     for first, docs in _chunks(shards, max(width, _BLOCK // dim)):
-        index = faiss.IndexFlatIP(dim)
-        index.add(_unit(docs.float()).numpy())
-        scores, ids = index.search(queries, min(width, len(docs)))  # (Nq, min(width, c))
+        chunk = np.ascontiguousarray(_unit(docs.float()).numpy())
+        scores, ids = faiss.knn(queries, chunk, min(width, len(docs)), faiss.METRIC_INNER_PRODUCT)  # (Nq, min(width, c))
         _merge(best, torch.from_numpy(scores), torch.from_numpy(ids) + first)
     return best[1]
 
