@@ -238,11 +238,13 @@ def cell(stat: dict[str, float]) -> str:
 LABELS = {"ret2": "ReT-2", BASELINE: "SF"}
 
 
-def row_table(stats: dict, chance: dict[str, float], pools: tuple[str, ...] = POOLS) -> str:
+def row_table(
+    stats: dict, chance: dict[str, float], pools: tuple[str, ...] = POOLS, labels: dict[str, str] = LABELS
+) -> str:
     """The per-row markdown table: primary metric of every model and pool (mean +- std over seeds, x 100), the
-    average, and chance (random ranking of the local pool)."""
+    average, and chance (random ranking of the local pool). `labels` name the models' columns."""
     columns = [(name, pool) for name in stats for pool in pools]
-    head = "| Row | Metric | chance (local) | " + " | ".join(f"{LABELS.get(n, n)} {p}" for n, p in columns) + " |"
+    head = "| Row | Metric | chance (local) | " + " | ".join(f"{labels.get(n, n)} {p}" for n, p in columns) + " |"
     lines = [head, "|---|---|---:|" + "---:|" * len(columns)]
     for row in EVAL_ROWS:
         cells = [cell(stats[name][pool][row.query_stem]) for name, pool in columns]
@@ -253,11 +255,11 @@ def row_table(stats: dict, chance: dict[str, float], pools: tuple[str, ...] = PO
     return "\n".join(lines)
 
 
-def seed_table(summaries: list[dict], pools: tuple[str, ...] = POOLS) -> str:
+def seed_table(summaries: list[dict], pools: tuple[str, ...] = POOLS, labels: dict[str, str] = LABELS) -> str:
     """One line per seed: every model's average over the 16 rows, per pool, and the seed's run time."""
     names = list(summaries[0]["results"])
     columns = [(name, pool) for name in names for pool in pools]
-    lines = ["| seed | " + " | ".join(f"{LABELS.get(n, n)} {p}" for n, p in columns) + " | seconds |",
+    lines = ["| seed | " + " | ".join(f"{labels.get(n, n)} {p}" for n, p in columns) + " | seconds |",
              "|---:|" + "---:|" * (len(columns) + 1)]  # fmt: skip
     for summary in summaries:
         cells = [f"{100 * summary['results'][name][pool]['average']:.1f}" for name, pool in columns]
