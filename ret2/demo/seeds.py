@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -158,20 +159,22 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path, variants: dict[str,
 
 
 def _run_seed_in_child(job: tuple) -> dict:
-    """`run_seed` in a worker process, its output going to `out/log.txt`."""
+    """`run_seed` in a worker process (one seed per process), its output going to `out/log.txt`."""
     args, seed, out, variants, baseline = job
     out.mkdir(parents=True, exist_ok=True)
     if "fork" in multiprocessing.get_all_start_methods():
         # A spawned process spawns too; the DataLoaders' workers need fork (their datasets hold local functions).
         multiprocessing.set_start_method("fork", force=True)
-    with open(out / "log.txt", "w", buffering=1) as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):  # fmt: skip
+    with open(out / "log.txt", "w", buffering=1) as log:
+        for stream in (sys.stdout, sys.stderr):  # the worker's own descriptors: every library's output goes there
+            stream.flush()
+            os.dup2(log.fileno(), stream.fileno())
         return run_seed(args, seed, out, variants, baseline)
 
 
 def run_seeds(args: argparse.Namespace, out: Path, variants: dict[str, str], baseline: bool) -> list[dict]:
     """`run_seed` for each of `args.seeds` into `out/seed-N`, `args.jobs` at a time (in worker processes when more
-    than one: each with one torch thread, no progress bars, its output in `out/seed-N/log.txt`). Results in seed
+    than one: each with one torch thread, its output (progress bars included) in `out/seed-N/log.txt`). Results in seed
     order."""
     jobs = [(args, seed, out / f"seed-{seed}", variants, baseline) for seed in args.seeds]
     if args.jobs == 1:
