@@ -74,3 +74,15 @@ def test_tables_show_mean_and_std_per_row_and_each_seed():
     assert one_seed[-1] == "| **Average** | | 5.0 | **80.0** | **40.0** | **60.0** | **30.0** |"
     assert seed_table(runs).splitlines()[2:] == ["| 42 | 80.0 | 40.0 | 60.0 | 30.0 | 420 |",
                                                  "| 1 | 60.0 | 30.0 | 70.0 | 35.0 | 10 |"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_seed_gives_the_same_results_alone_in_process_and_beside_another_in_a_worker(tmp_path):
+    """Each seed runs independently on one torch thread: `--jobs 2` (worker processes) reproduces `--jobs 1`."""
+    small = ["--num-train-epochs", "1", "--n-per-task", "4", "--pool-size", "12", "--n-train-per-task", "8",
+             "--per-device-train-batch-size", "16", "--batch-size", "32", "--no-baseline"]  # fmt: skip
+    alone = main(["--output-dir", str(tmp_path / "alone"), "--seeds", "3", "--jobs", "1", *small])
+    both = main(["--output-dir", str(tmp_path / "both"), "--seeds", "4", "3", "--jobs", "2", *small])
+    assert [run["seed"] for run in both["seeds"]] == [4, 3]
+    assert both["seeds"][1]["results"] == alone["seeds"][0]["results"]
+    assert (tmp_path / "both" / "seed-4" / "log.txt").read_text().count("[seed 4] fine-tuning ret2") == 1

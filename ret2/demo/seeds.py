@@ -174,8 +174,8 @@ def _run_seed_in_child(job: tuple) -> dict:
 
 def run_seeds(args: argparse.Namespace, out: Path, variants: dict[str, str], baseline: bool) -> list[dict]:
     """`run_seed` for each of `args.seeds` into `out/seed-N`, `args.jobs` at a time (in worker processes when more
-    than one: each with one torch thread, its output (progress bars included) in `out/seed-N/log.txt`). Results in seed
-    order."""
+    than one: each with one torch thread and its output in `out/seed-N/log.txt`, the Trainer's progress bars off).
+    Results in seed order."""
     jobs = [(args, seed, out / f"seed-{seed}", variants, baseline) for seed in args.seeds]
     if args.jobs == 1:
         return [run_seed(*job) for job in jobs]
