@@ -20,7 +20,7 @@ setup
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 case "$job" in
     setup) ;;
-    demo) exec .venv/bin/python -m demo "$@" ;;
+    demo) exec .venv/bin/python -m ret2.demo "$@" ;;
     test) HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest "$@" ;;
     *) echo "unknown job '$job'; valid: demo, test, setup" >&2; exit 2 ;;
 esac

@@ -15,8 +15,9 @@ from ret2.data.mbeir import EVAL_ROWS, read_qrels  # noqa: E402
 GRID_ROWS = ("mbeir_mscoco_task0_test", "mbeir_visualnews_task3_test", "mbeir_cirr_task7_test", "mbeir_oven_task8_test")
 
 
-def task_bars(ret2: dict, baseline: dict | None, path: Path, pool: str = "local") -> None:
-    """Grouped bars: the primary metric of each of the 16 rows, ReT-2 next to the score-fusion baseline."""
+def task_bars(ret2: dict, baseline: dict | None, path: Path, pool: str = "local", note: str = "") -> None:
+    """Grouped bars: the primary metric of each of the 16 rows, ReT-2 next to the score-fusion baseline; `note`
+    (e.g. the seed) goes into the title."""
     labels = [row.label for row in EVAL_ROWS]
     scores = {"ReT-2": [100 * ret2[pool][row.query_stem][f"recall@{row.primary_k}"] for row in EVAL_ROWS]}
     if baseline:
@@ -32,7 +33,7 @@ def task_bars(ret2: dict, baseline: dict | None, path: Path, pool: str = "local"
     ax.set_ylim(0, 100)
     averages = ", ".join(f"{name} {100 * res[pool]['average']:.1f}" for name, res in
                          (("ReT-2", ret2), ("SF", baseline)) if res)  # fmt: skip
-    ax.set_title(f"M-BEIR-format generated data, {pool} pools (average: {averages})")
+    ax.set_title(f"M-BEIR-format generated data, {pool} pools{', ' + note if note else ''} (average: {averages})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -69,9 +70,11 @@ def _cell(ax, root: Path, text: str | None, image: str | None, title: str, color
         spine.set_linewidth(4 if color else 1)
 
 
-def retrieval_grid(root: Path, runs: Path, path: Path, stems: tuple[str, ...] = GRID_ROWS, k: int = 5) -> None:
+def retrieval_grid(
+    root: Path, runs: Path, path: Path, stems: tuple[str, ...] = GRID_ROWS, k: int = 5, note: str = ""
+) -> None:
     """One line per query (the first query of each chosen row): the query, then its top-k candidates in the local
-    pool, framed green when relevant and red otherwise."""
+    pool, framed green when relevant and red otherwise; `note` (e.g. the seed) goes into the title."""
     rows = [row for row in EVAL_ROWS if row.query_stem in stems]
     fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.9 * (k + 1), 2.6 * len(rows)), squeeze=False)
     for line, row in zip(axes, rows):
@@ -83,7 +86,8 @@ def retrieval_grid(root: Path, runs: Path, path: Path, stems: tuple[str, ...] = 
             cand = pool[did]
             hit = did in positives
             _cell(ax, root, cand["txt"], cand["img_path"], f"#{rank} {'hit' if hit else ''}", "green" if hit else "red")
-    fig.suptitle("ReT-2 on generated M-BEIR-format data: each query and its top-5 (green = relevant)", fontsize=10)
+    fig.suptitle(f"ReT-2 on generated M-BEIR-format data{', ' + note if note else ''}: each query and its top-{k} "
+                 "(green = relevant)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

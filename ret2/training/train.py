@@ -19,7 +19,9 @@ Checkpoints and the output folder load with `AutoModel.from_pretrained(folder, t
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from transformers.training_args import ParallelMode
 
 from ret2.cli import TRACEBACK_FLAG, HelpFormatter, command_name, run_cli
 from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, TRAIN_QUERIES, load_instructions
+from configuration_ret2.configuration_ret2 import FIELD_RULES
 from modeling_ret2 import Ret2Model, Ret2Processor
 
 from .collator import ContrastiveCollator
@@ -64,6 +67,60 @@ class ModelArguments:
         metadata={"help": "Save the final model merged only, without the unmerged LoRA state used to resume."},
     )
     max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
+    config_overrides: str = field(
+        default="",
+        metadata={"help": "Ret2Config fields of a new model, `key=value,key=value` (e.g. `gated=false,recurrent=false,"
+                  "text_layer_ids=[3]`); refused for a ReT-2 folder whose saved values differ."},
+    )  # fmt: skip
+
+
+# Fields a flag of their own sets, and sub-configs, which a `key=value` string cannot spell.
+_NOT_OVERRIDABLE = {"freeze_text_tower": "--freeze_text_tower", "freeze_vision_tower": "--freeze_vision_tower"}
+_OVERRIDABLE = sorted(name for name, rule in FIELD_RULES.items() if rule.kind != "config" and name not in
+                      _NOT_OVERRIDABLE)  # fmt: skip
+_BOOLS = {"true": True, "false": False}
+
+
+def _override_value(key: str, text: str) -> object:
+    """`text` read as the kind of Ret2Config field `key`, then checked by the field's rule."""
+    rule = FIELD_RULES[key]
+    value: object = text
+    try:
+        if rule.optional and text.lower() == "none":
+            value = None
+        elif rule.kind == "int":
+            value = int(text)
+        elif rule.kind == "float":
+            value = float(text)
+        elif rule.kind == "bool":
+            value = _BOOLS[text.lower()]
+        elif rule.kind == "layer_ids":
+            value = json.loads(text)
+    except (ValueError, KeyError):
+        kinds = {"int": "an int", "float": "a number", "bool": "true or false", "layer_ids": "a list like [1,3]"}
+        raise ValueError(f"config override {key}={text!r} must be {kinds[rule.kind]}") from None
+    return rule.apply(key, value)
+
+
+def parse_config_overrides(text: str) -> dict[str, object]:
+    """`"gated=false,text_layer_ids=[1,3],hidden_size=64"` -> `{"gated": False, "text_layer_ids": [1, 3], ...}`:
+    each value typed and checked by its Ret2Config field rule (`FIELD_RULES`); an unknown or repeated key, a
+    malformed item or a bad value raises ValueError naming it and the valid keys."""
+    overrides: dict[str, object] = {}
+    if not text.strip():
+        return overrides
+    for item in re.split(r",(?![^\[]*\])", text):  # commas outside [...]
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"config override {item!r} is not key=value (in {text!r})")
+        if key in _NOT_OVERRIDABLE:
+            raise ValueError(f"config override {key!r}: set it with {_NOT_OVERRIDABLE[key]}")
+        if key not in _OVERRIDABLE:
+            raise ValueError(f"config override {key!r} is not a Ret2Config field; valid: {_OVERRIDABLE}")
+        if key in overrides:
+            raise ValueError(f"config override {key!r} is given twice in {text!r}")
+        overrides[key] = _override_value(key, value)
+    return overrides
 
 
 @dataclass
@@ -133,14 +190,29 @@ def load_model_and_processor(
     args: ModelArguments, train_set: ContrastiveDataset | StreamingContrastiveDataset, seed: int
 ) -> tuple[Ret2Model | PeftModel, Ret2Processor]:
     """The model to train (a peft model with `--lora_r`) and its processor."""
+    overrides = parse_config_overrides(args.config_overrides)
     config_kwargs = dict(freeze_text_tower=args.freeze_text_tower, freeze_vision_tower=args.freeze_vision_tower)
     name = args.model
+    is_ret2 = name != "tiny" and (
+        PreTrainedConfig.get_config_dict(name)[0].get("model_type") == Ret2Model.config_class.model_type
+    )
+    if is_ret2:
+        saved = Ret2Model.config_class.from_pretrained(name)
+        differ = {key: (getattr(saved, key), value) for key, value in overrides.items() if getattr(saved, key) != value}
+        if differ:
+            raise ValueError(
+                f"--config_overrides cannot change the trained ReT-2 model {name!r}: "
+                + ", ".join(f"{key} is {old!r} there, not {new!r}" for key, (old, new) in differ.items())
+            )
+    else:
+        config_kwargs |= overrides
     if name == "tiny":
         if not isinstance(train_set, ContrastiveDataset):
             raise ValueError("--model tiny builds its vocabulary from the data: it needs no --streaming")
         model, processor = tiny_model_and_processor(words_of(list(train_set.texts())), seed=seed, **config_kwargs)
-    elif PreTrainedConfig.get_config_dict(name)[0].get("model_type") == Ret2Model.config_class.model_type:
-        model, processor = Ret2Model.from_pretrained(name, **config_kwargs), Ret2Processor.from_pretrained(name, trust_remote_code=True)
+    elif is_ret2:
+        processor = Ret2Processor.from_pretrained(name, trust_remote_code=True)
+        model = Ret2Model.from_pretrained(name, **config_kwargs)
     else:
         model = Ret2Model.from_backbone(name, **config_kwargs)
         processor = Ret2Processor(

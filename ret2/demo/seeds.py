@@ -1,0 +1,270 @@
+"""The demo's runs over seeds, shared by the main job (`python -m ret2.demo`) and the ablation
+(`python -m ret2.demo.ablation`): one seed's data, trainings and evaluations (`run_seed`), several seeds in parallel
+processes (`run_seeds`), and their mean and spread per row (`aggregate`, `row_table`).
+"""
+
+import argparse
+import contextlib
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments, set_seed
+
+from modeling_ret2 import Ret2Model, Ret2Processor
+from ret2.cli import ArgumentParser
+from ret2.data.mbeir import EVAL_ROWS
+from ret2.data.synthetic import generate_mbeir
+from ret2.encoding import EncodeOptions
+from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
+from ret2.training.collator import ContrastiveCollator
+from ret2.training.train import DataArguments, ModelArguments, build_datasets, train
+from ret2.training.trainer import ContrastiveTrainer
+
+from .baseline import ScoreFusionModel
+
+BASELINE = "score_fusion"  # the baseline's key in results, beside the ReT-2 variants' names
+POOLS = ("local", "global")
+
+
+def add_run_arguments(parser: ArgumentParser) -> None:
+    """The flags of one multi-seed run, shared by the demo and the ablation (`ret2.demo.ablation`)."""
+    parser.add_argument("--data-root", type=Path, help="an M-BEIR checkout (default: generate one per seed)")
+    parser.add_argument("--model", default="tiny",
+                        help="'tiny' (random init) or a CLIP/SigLIP checkpoint to start from")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2],
+                        help="seeds of the data, the init and the training; the pictures come from the first")
+    parser.add_argument("--jobs", type=int, help="seeds run at once, one process and one torch thread each "
+                        "(default: min(number of seeds, CPU cores))")  # fmt: skip
+    parser.add_argument("--num-train-epochs", type=float, default=4.0, help="training epochs (every model)")
+    parser.add_argument("--per-device-train-batch-size", type=int, default=32, help="training batch (every model)")
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate (every model)")
+    parser.add_argument("--num-hard-negatives", type=int, default=3, help="hard negatives per query (neg_cand_list)")
+    parser.add_argument("--batch-size", type=int, default=64, help="items per model call when encoding")
+    parser.add_argument("--n-per-task", type=int, default=96,
+                        help="generated test queries per row (one query = 100/N points of a row's score)")
+    parser.add_argument("--pool-size", type=int, default=320, help="generated candidates per local test pool")
+    parser.add_argument("--n-train-per-task", type=int, default=160, help="generated training queries per row")
+
+
+def check_run_args(parser: ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Refuse repeated seeds and a non-positive `--jobs`; fill in the default `--jobs`."""
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
+    if args.jobs is None:
+        args.jobs = min(len(args.seeds), os.cpu_count() or 1)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be a positive integer, got {args.jobs}")
+    return args
+
+
+def training_kwargs(args: argparse.Namespace, seed: int, output_dir: Path) -> dict:
+    """TrainingArguments shared by ReT-2 and the baseline: same data order, budget and schedule.
+
+    The warmup is a fifth of the steps: with 5% (16 of the default 320 steps) ReT-2 on the random tiny towers lost its
+    text path at some seeds (seed 1: its text tower's hidden states stayed at their initial, nearly query-independent
+    values and its text-only rows fell to 42% R@5, against 71-75% with this warmup)."""
+    return dict(
+        output_dir=str(output_dir), seed=seed, num_train_epochs=args.num_train_epochs,
+        per_device_train_batch_size=args.per_device_train_batch_size, learning_rate=args.learning_rate,
+        lr_scheduler_type="cosine", warmup_steps=0.2, weight_decay=0.01, dataloader_drop_last=True,
+        logging_steps=20, save_strategy="no", report_to="none", use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=1,
+    )  # fmt: skip
+
+
+def data_arguments(args: argparse.Namespace, data_root: Path) -> DataArguments:
+    return DataArguments(data_root=str(data_root), num_hard_negatives=args.num_hard_negatives)
+
+
+def train_baseline(args: argparse.Namespace, seed: int, data_root: Path, ret2_dir: Path, output_dir: Path) -> None:
+    """The score-fusion model on the towers config ReT-2 was built with, trained by the same Trainer, data and
+    arguments; saved to `output_dir` with ReT-2's processor."""
+    processor = Ret2Processor.from_pretrained(ret2_dir, trust_remote_code=False)
+    config = Ret2Model.config_class.from_pretrained(ret2_dir)
+    set_seed(seed)
+    model = ScoreFusionModel(config)
+    if args.model != "tiny":  # the same pretrained towers ReT-2 started from
+        start = Ret2Model.from_backbone(args.model)
+        model.text_model.load_state_dict(start.text_model.state_dict())
+        model.vision_model.load_state_dict(start.vision_model.state_dict())
+    train_set, _ = build_datasets(data_arguments(args, data_root), seed)
+    trainer = ContrastiveTrainer(
+        model=model, train_dataset=train_set,
+        data_collator=ContrastiveCollator(processor, data_root, args.num_hard_negatives),
+        args=TrainingArguments(**training_kwargs(args, seed, output_dir), remove_unused_columns=False),
+    )  # fmt: skip
+    trainer.train()
+    model.save(output_dir, processor)
+
+
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Run the block on one torch thread: a seed's numbers then do not depend on how many seeds run beside it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_seed(args: argparse.Namespace, seed: int, out: Path, variants: dict[str, str], baseline: bool) -> dict:
+    """One seed, independent of any other: generate its data (unless `args.data_root`), train each ReT-2 variant
+    (name -> `ModelArguments.config_overrides`; the first is the one the baseline copies its towers config from)
+    and, with `baseline`, the score-fusion model, then evaluate every model on the local and global pools.
+
+    Returns {"seed", "results": {name: {"local": ..., "global": ...}}, "chance_local": {stem: hit rate, "average"},
+    "seconds"}, also written to `out/results.json`; the models are in `out/<name>-model`, the evaluation runs in
+    `out/eval-<name>`."""
+    start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with one_torch_thread():
+        data_root = args.data_root
+        if data_root is None:
+            data_root = generate_mbeir(
+                out / "data", seed=seed, n_per_task=args.n_per_task, pool_size=args.pool_size,
+                n_train_per_task=args.n_train_per_task,
+            )  # fmt: skip
+        options = EncodeOptions(batch_size=args.batch_size, num_workers=4)
+        results = {}
+        for name, overrides in variants.items():
+            print(f"[seed {seed}] fine-tuning {name}", flush=True)
+            model_args = ModelArguments(model=args.model, config_overrides=overrides)
+            training_args = TrainingArguments(**training_kwargs(args, seed, out / f"{name}-model"))
+            train(model_args, data_arguments(args, data_root), training_args)
+        if baseline:
+            print(f"[seed {seed}] fine-tuning the score-fusion baseline (same towers, data and budget)", flush=True)
+            train_baseline(args, seed, data_root, out / f"{next(iter(variants))}-model", out / f"{BASELINE}-model")
+        for name in [*variants, *([BASELINE] if baseline else [])]:
+            print(f"[seed {seed}] evaluating {name} on the local and global pools", flush=True)
+            model_dir = out / f"{name}-model"
+            loaded = ScoreFusionModel.load(model_dir) if name == BASELINE else None
+            results[name] = evaluate_mbeir(model_dir, data_root, out / f"eval-{name}", pool="both", options=options,
+                                           loaded=loaded)  # fmt: skip
+        chance = chance_per_row(data_root, cache_dir=str(out / f"eval-{next(iter(variants))}" / "cache" / "datasets"))
+    chance["average"] = sum(chance.values()) / len(chance)
+    summary = {"seed": seed, "results": results, "chance_local": chance,
+               "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    (out / "results.md").write_text(row_table(aggregate([summary]), chance) + "\n")
+    return summary
+
+
+def _run_seed_in_child(job: tuple) -> dict:
+    """`run_seed` in a worker process (one seed per process), its output going to `out/log.txt`."""
+    args, seed, out, variants, baseline = job
+    out.mkdir(parents=True, exist_ok=True)
+    if "fork" in multiprocessing.get_all_start_methods():
+        # A spawned process spawns too; the DataLoaders' workers need fork (their datasets hold local functions).
+        multiprocessing.set_start_method("fork", force=True)
+    with open(out / "log.txt", "w", buffering=1) as log:
+        for stream in (sys.stdout, sys.stderr):  # the worker's own descriptors: every library's output goes there
+            stream.flush()
+            os.dup2(log.fileno(), stream.fileno())
+        return run_seed(args, seed, out, variants, baseline)
+
+
+def run_seeds(args: argparse.Namespace, out: Path, variants: dict[str, str], baseline: bool) -> list[dict]:
+    """`run_seed` for each of `args.seeds` into `out/seed-N`, `args.jobs` at a time (in worker processes when more
+    than one: each with one torch thread and its output in `out/seed-N/log.txt`, the Trainer's progress bars off).
+    Results in seed order."""
+    jobs = [(args, seed, out / f"seed-{seed}", variants, baseline) for seed in args.seeds]
+    if args.jobs == 1:
+        return [run_seed(*job) for job in jobs]
+    for job in jobs:
+        print(f"seed {job[1]}: running, log in {job[2] / 'log.txt'}")
+    saved = {key: os.environ.get(key) for key in ("OMP_NUM_THREADS", "TQDM_DISABLE")}
+    os.environ.update(OMP_NUM_THREADS="1", TQDM_DISABLE="1")  # read by the workers as they start
+    try:
+        # Not multiprocessing.Pool: its daemonic workers could not start the DataLoader's worker processes.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=context, max_tasks_per_child=1) as pool:
+            futures = [pool.submit(_run_seed_in_child, job) for job in jobs]
+            for future in as_completed(futures):
+                summary = future.result()
+                print(f"seed {summary['seed']}: done in {summary['seconds']:.0f} s")
+            summaries = [future.result() for future in futures]
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return summaries
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "min": min(values), "max": max(values), "n": len(values),
+    }  # fmt: skip
+
+
+def aggregate(summaries: list[dict]) -> dict:
+    """Mean, sample standard deviation (0 for one seed), min and max over the seeds of every score:
+    {model name: {pool: {query stem or "average": {"mean", "std", "min", "max", "n"}}}}, each row's score being its
+    primary metric (`recall@<primary_k>`). Every summary must hold the same models and pools."""
+    names = list(summaries[0]["results"])
+    stats: dict = {}
+    for name in names:
+        stats[name] = {}
+        for pool in summaries[0]["results"][name]:
+            runs = [summary["results"][name][pool] for summary in summaries]
+            stats[name][pool] = {
+                row.query_stem: _stats([run[row.query_stem][f"recall@{row.primary_k}"] for run in runs])
+                for row in EVAL_ROWS
+            }
+            stats[name][pool]["average"] = _stats([run["average"] for run in runs])
+    return stats
+
+
+def mean_chance(summaries: list[dict]) -> dict[str, float]:
+    """Each row's chance hit rate (and the average), averaged over the seeds' data."""
+    keys = summaries[0]["chance_local"]
+    return {key: statistics.fmean(summary["chance_local"][key] for summary in summaries) for key in keys}
+
+
+def cell(stat: dict[str, float]) -> str:
+    """`76.6 +- 3.2` (percent, mean +- sample std over seeds), or `76.6` for one seed."""
+    text = f"{100 * stat['mean']:.1f}"
+    return text + (f" ± {100 * stat['std']:.1f}" if stat["n"] > 1 else "")
+
+
+LABELS = {"ret2": "ReT-2", BASELINE: "SF"}
+
+
+def row_table(
+    stats: dict, chance: dict[str, float], pools: tuple[str, ...] = POOLS, labels: dict[str, str] = LABELS
+) -> str:
+    """The per-row markdown table: primary metric of every model and pool (mean +- std over seeds, x 100), the
+    average, and chance (random ranking of the local pool). `labels` name the models' columns."""
+    columns = [(name, pool) for name in stats for pool in pools]
+    head = "| Row | Metric | chance (local) | " + " | ".join(f"{labels.get(n, n)} {p}" for n, p in columns) + " |"
+    lines = [head, "|---|---|---:|" + "---:|" * len(columns)]
+    for row in EVAL_ROWS:
+        cells = [cell(stats[name][pool][row.query_stem]) for name, pool in columns]
+        lines.append(f"| {row.label} | R@{row.primary_k} | {100 * chance[row.query_stem]:.1f} | " + " | ".join(cells)
+                     + " |")  # fmt: skip
+    cells = [f"**{cell(stats[name][pool]['average'])}**" for name, pool in columns]
+    lines.append(f"| **Average** | | {100 * chance['average']:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def seed_table(summaries: list[dict], pools: tuple[str, ...] = POOLS, labels: dict[str, str] = LABELS) -> str:
+    """One line per seed: every model's average over the 16 rows, per pool, and the seed's run time."""
+    names = list(summaries[0]["results"])
+    columns = [(name, pool) for name in names for pool in pools]
+    lines = ["| seed | " + " | ".join(f"{labels.get(n, n)} {p}" for n, p in columns) + " | seconds |",
+             "|---:|" + "---:|" * (len(columns) + 1)]  # fmt: skip
+    for summary in summaries:
+        cells = [f"{100 * summary['results'][name][pool]['average']:.1f}" for name, pool in columns]
+        lines.append(f"| {summary['seed']} | " + " | ".join(cells) + f" | {summary['seconds']:.0f} |")
+    return "\n".join(lines)
