@@ -30,7 +30,9 @@ def test_demo_end_to_end_at_reduced_size(tmp_path):
     for picture in ("task_scores.png", "retrievals.png"):
         assert (tmp_path / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     model_dir = tmp_path / "seed-3" / "ret2-model"
-    assert AutoConfig.from_pretrained(model_dir, trust_remote_code=True).model_type == "ret2"
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    assert config.model_type == "ret2"
+    assert (config.input_gate_bias_prior, config.forget_gate_bias_prior) == (2.0, 2.0)  # the recipe's near-open gates
     assert (model_dir / "processor_config.json").exists()
 
 
