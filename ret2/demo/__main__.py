@@ -18,15 +18,15 @@ and a grid of queries with their top-5 candidates. Per-seed tables and logs are 
 
 import argparse
 import json
-import logging
-import os
 import time
 from pathlib import Path
 
 from ret2.cli import ArgumentParser, run_cli
 
 from .plots import retrieval_grid, task_bars
-from .seeds import BASELINE, add_run_arguments, aggregate, check_run_args, mean_chance, row_table, run_seeds, seed_table
+from .seeds import (
+    BASELINE, add_run_arguments, aggregate, check_run_args, mean_chance, row_table, run_seeds, seed_table, start_run,
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,10 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    start, load = time.perf_counter(), os.getloadavg()[0]
+    out, start, load = start_run(args)
     print(f"seeds {args.seeds}, {args.jobs} at a time; each: data, ReT-2"
           + ("" if args.no_baseline else ", score-fusion baseline") + ", evaluation (local and global pools)")
     summaries = run_seeds(args, out, {"ret2": ""}, baseline=not args.no_baseline)

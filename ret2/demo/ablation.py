@@ -13,8 +13,6 @@ and global pools, the per-row tables, and draws OUTPUT_DIR/ablation.png.
 
 import argparse
 import json
-import logging
-import os
 import statistics
 import time
 from pathlib import Path
@@ -31,6 +29,7 @@ from ret2.tiny import tiny_config, tiny_processor  # noqa: E402
 
 from .seeds import (  # noqa: E402
     BASELINE, add_run_arguments, aggregate, cell, check_run_args, mean_chance, row_table, run_seeds, seed_table,
+    start_run,
 )  # fmt: skip
 
 LABELS = {"ret2": "ReT-2", "one_tap": "one tap", "no_gates": "no gates", "no_recurrence": "no recurrence",
@@ -126,10 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    out = args.output_dir
-    out.mkdir(parents=True, exist_ok=True)
-    start, load = time.perf_counter(), os.getloadavg()[0]
+    out, start, load = start_run(args)
     models = variants(args.model)
     print(f"seeds {args.seeds}, {args.jobs} at a time; models: {', '.join(LABELS[n] for n in [*models, BASELINE])}")
     summaries = run_seeds(args, out, models, baseline=True)

@@ -6,6 +6,7 @@ processes (`run_seeds`), and their mean and spread per row (`aggregate`, `row_ta
 import argparse
 import contextlib
 import json
+import logging
 import multiprocessing
 import os
 import statistics
@@ -75,6 +76,13 @@ GATE_PRIORS = "input_gate_bias_prior=2.0,forget_gate_bias_prior=2.0"
 def model_arguments(args: argparse.Namespace, overrides: str) -> ModelArguments:
     """A variant's model: a new ReT-2 on `args.model` with the recipe's gate priors and the variant's overrides."""
     return ModelArguments(model=args.model, config_overrides=",".join(p for p in (GATE_PRIORS, overrides) if p))
+
+
+def start_run(args: argparse.Namespace) -> tuple[Path, float, float]:
+    """Logging, the output folder, and the clock and 1-minute load average a run's report states."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    return args.output_dir, time.perf_counter(), os.getloadavg()[0]
 
 
 def training_kwargs(args: argparse.Namespace, seed: int, output_dir: Path) -> dict:
