@@ -243,7 +243,7 @@ def cache_folder(cache_dir: str | Path, pool: Pool, fingerprint: str, dtype: tor
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / pool.name / digest
     folder.mkdir(parents=True, exist_ok=True)
-    _write_atomic(folder / "meta.json", lambda f: f.write(json.dumps(key, indent=1).encode()))
+    write_atomic(folder / "meta.json", lambda f: f.write(json.dumps(key, indent=1).encode()))
     return folder
 
 
@@ -251,7 +251,7 @@ def _shard_path(folder: Path, shard: int, suffix: str) -> Path:
     return folder / f"shard-{shard:05d}{suffix}"
 
 
-def _write_atomic(path: Path, write: Callable) -> None:
+def write_atomic(path: Path, write: Callable) -> None:
     """`write(file)` into a temporary file beside `path`, then rename: a reader never sees a partial file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
@@ -331,11 +331,11 @@ def encode_pool(
                 bar.update(len(parts[-1]))
             embeddings = np.concatenate(parts)
             ids = "".join(f"{i}\n" for i in pool.ids[start:stop]).encode()
-            _write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
+            write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
             npy = _shard_path(folder, shard, ".npy")
-            _write_atomic(npy, lambda f: np.save(f, embeddings))
+            write_atomic(npy, lambda f: np.save(f, embeddings))
             manifest = {"rows": len(embeddings), "shape": list(embeddings.shape), "bytes": npy.stat().st_size}
-            _write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))  # last
+            write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))  # last
             if on_shard is not None:
                 on_shard(shard)
 

@@ -49,8 +49,9 @@ from ret2.encoding import (
     load_model_and_processor,
     load_pool,
     model_fingerprint,
+    write_atomic,
 )
-from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw
+from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw, unit_rows
 from ret2.search import search as exact_search
 
 logger = logging.getLogger(__name__)
@@ -197,14 +198,6 @@ class _Part:
         return [r["id"] for r in self.records(0, len(self))]
 
 
-def _write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -329,9 +322,7 @@ class Ret2Index:
         return cls(folder, meta, net, processor, device)
 
     def _save(self) -> None:
-        tmp = self.folder / f".{INDEX_FILE}.tmp"
-        tmp.write_text(json.dumps(self.meta, indent=1))
-        os.replace(tmp, self.folder / INDEX_FILE)
+        write_atomic(self.folder / INDEX_FILE, lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
 
     @property
     def multi_vector(self) -> bool:
@@ -383,7 +374,7 @@ class Ret2Index:
         name = pending["name"] if pending else f"part-{len(self.meta['parts']):05d}"
         path = parts_dir / f"{name}.jsonl"
         tmp = parts_dir / f".{name}.new"
-        _write_jsonl_atomic(tmp, records)
+        write_atomic(tmp, lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in records))
         if pending is not None and pending["sha256"] == _sha256(tmp):
             tmp.unlink()  # the same documents: keep the file (its mtime keys the cache) and resume
             logger.info("resuming the interrupted encoding of %s", name)
@@ -404,7 +395,7 @@ class Ret2Index:
         pending["complete"] = True
         self._embeddings = self._parts = None
         if self._load_approximate() is not None:  # keep the approximate index in step
-            self._approximate.add(_as_float32(load_pool(pool, self._cache(pool), config["shard_size"]).shards))
+            self._approximate.add(unit_rows(np.concatenate(load_pool(pool, self._cache(pool), config["shard_size"]).shards)))
             self._write_approximate()
         self._save()
         return len(records)
@@ -560,9 +551,7 @@ class Ret2Index:
     def _write_approximate(self) -> None:
         import faiss
 
-        tmp = self.folder / f".{APPROXIMATE_FILE}.tmp"
-        faiss.write_index(self._approximate, str(tmp))
-        os.replace(tmp, self.folder / APPROXIMATE_FILE)
+        write_atomic(self.folder / APPROXIMATE_FILE, lambda f: f.write(faiss.serialize_index(self._approximate).tobytes()))
 
     # ------------------------------------------------------------------ Milvus
 
@@ -588,10 +577,6 @@ class Ret2Index:
         self.meta["milvus"] = target
         self._save()
         return target
-
-
-def _as_float32(shards: Sequence[np.ndarray]) -> np.ndarray:
-    return np.ascontiguousarray(np.concatenate([np.asarray(s, dtype=np.float32) for s in shards]))
 
 
 def _model_config(name_or_path: str) -> dict:
