@@ -1,6 +1,7 @@
-"""Images of a dataset, opened by their path relative to the dataset root and converted to RGB exactly as the
-processor converts them (`modeling_ret2.to_rgb`: transparency composited on white, high bit depth rescaled), so
-training, evaluation and the Hub processor see the same pixels."""
+"""Images of a dataset, opened by their path relative to the dataset root with the processor's own file loader
+(`load_image`: EXIF orientation applied) and converted to RGB exactly as the processor converts them
+(`modeling_ret2.to_rgb`: transparency composited on white, high bit depth rescaled), so training, evaluation, the index
+and the Hub processor see the same pixels."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from PIL import Image
 
 from modeling_ret2 import to_rgb
+from modeling_ret2.processing_ret2 import load_image
 
 
 class ImageLoader:
@@ -36,12 +38,13 @@ class ImageLoader:
 
 
 def open_rgb(path: str | os.PathLike, what: str = "image") -> Image.Image:
-    """Open the image file at `path` (anywhere: no root check) as RGB, decoded now; `what` names it in errors."""
+    """Open the image file at `path` (anywhere: no root check) as RGB, decoded now; `what` names it in errors.
+
+    The file is read by the processor's own loader (`modeling_ret2.load_image`: decoded, turned upright by its EXIF
+    orientation), so a document indexed from disk and the same file given to `Ret2Model.encode` get the same pixels."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found at {path}")
     try:
-        with Image.open(path) as image:
-            image.load()  # decode now: a truncated file fails here, not later inside the processor
-            return to_rgb(image)
+        return to_rgb(load_image(path))  # decoded now: a truncated file fails here, not later inside the processor
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{what} at {path} cannot be read: {err}") from err
