@@ -44,7 +44,7 @@ from .data.mbeir import record_line
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # bump when what is encoded for a record changes (text formatting, image handling)
+CACHE_VERSION = 3  # bump when what is encoded for a record changes (text formatting, image handling)
 SHARD_SIZE = 10_000  # items per cache shard: the unit of resuming and of the split between ranks
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 SIDES = ("query", "document")
