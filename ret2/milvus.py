@@ -62,7 +62,10 @@ def _write(client, target: dict, ids: Sequence[str], shards: Sequence[np.ndarray
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=int(shards[0].shape[1]))
     index_params = client.prepare_index_params()
     index_params.add_index("vector", index_type=target["index_type"], metric_type="IP")
-    client.create_collection(name, schema=schema, index_params=index_params)
+    client.create_collection(name, schema=schema)
+    # On the empty collection, without waiting: the wait asks the server for a timestamp (AllocTimestamp), which
+    # Milvus Lite does not implement (its server logs a NotImplementedError traceback, pymilvus then goes on).
+    client.create_index(name, index_params, sync=False)
     row = 0
     for shard in shards:
         for start in range(0, len(shard), INSERT_BATCH):
@@ -71,6 +74,15 @@ def _write(client, target: dict, ids: Sequence[str], shards: Sequence[np.ndarray
             row += len(block)
     client.flush(name)
     client.load_collection(name)
+
+
+def load_collection(client, name: str) -> None:
+    """Load collection `name` into memory unless it is loaded: a collection written by another process (or before a
+    Milvus restart) is released, and a search of it fails until it is loaded."""
+    from pymilvus.client.types import LoadState
+
+    if client.get_load_state(name)["state"] != LoadState.Loaded:
+        client.load_collection(name)
 
 
 def open_client(target: dict, token: str = ""):
@@ -86,6 +98,7 @@ def search_collection(
     own = client is None
     client = open_client(target, token) if own else client
     try:
+        load_collection(client, target["collection"])
         results = client.search(target["collection"], data=unit_rows(queries).tolist(), limit=k,
                                 search_params={"metric_type": "IP"}, output_fields=["row"])  # fmt: skip
     finally:
