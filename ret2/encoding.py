@@ -8,9 +8,9 @@ Cache layout (one folder per pool and key)::
     <cache_dir>/<pool name>/<key>/shard-00000.npy          their fp16 embeddings, (n, D) or (n, K, D)
     <cache_dir>/<pool name>/<key>/shard-00000.json         the shard's manifest: row count, shape, bytes of the .npy
 
-The key hashes the model's files (`model_fingerprint`), the dtype, the pool files' sizes and mtimes and the shard
-size. A shard holds a fixed number of items (`shard_size`, not a number of batches), so the cache does not depend on
-the batch size. Each file is written to a temporary file and renamed, the manifest last; a shard is reused only if its
+The key hashes the model's files (`model_fingerprint`), the dtype, the pool's content (a digest where the caller
+has one, else its files' sizes and mtimes) and the shard size. A shard holds a fixed number of items (`shard_size`,
+not a number of batches), so the cache does not depend on the batch size. Each file is written to a temporary file and renamed, the manifest last; a shard is reused only if its
 manifest exists and its files match it (row count, shape, byte size), else it is re-encoded with a warning (a disk
 that filled up, a machine that died mid-write). So an interrupted run resumes from the last completed shard. Under
 `torchrun` every rank encodes a contiguous range of each pool's shards.
@@ -23,6 +23,7 @@ swap places with the batch size. The search then ranks the cached embeddings exa
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
 import json
 import logging
@@ -92,13 +93,17 @@ class ItemList:
 
 @dataclass
 class Pool:
-    """A candidate pool to encode: its cache name, ids in order, a loader of its items, and its source files (their
-    sizes and mtimes key the cache)."""
+    """A candidate pool to encode: its cache name, ids in order, a loader of its items, and its source files.
+
+    What keys the cache: `digest`, a hash of the pool's content, when the caller has one (an index's parts: a copied
+    index folder keeps its cache, whatever the copy did to modification times); else the files' sizes and mtimes
+    (benchmark pools of millions of records, which are not hashed at every run)."""
 
     name: str
     ids: list[str]
     load: ItemLoader
     files: tuple[Path, ...]
+    digest: str | None = None
 
 
 @dataclass
@@ -126,15 +131,38 @@ def load_model_and_processor(
 ) -> tuple[torch.nn.Module, object]:
     """A saved ReT-2 model (hub id or folder, through `AutoModel` with `trust_remote_code=True`) on `device` in
     eval mode, and its processor."""
+    check_model_source(name_or_path)
     model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
     processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
     return model.to(device).eval(), processor
+
+
+def check_model_source(name_or_path: str | os.PathLike) -> None:
+    """Fail at once, naming the path, when `name_or_path` is no existing folder yet cannot be a Hub id either: an
+    absolute path, one starting with `.` or `~`, one with more than one `/`, or one whose first folder exists here
+    (`runs/tinyy` beside `runs/`). Without this a mistyped folder is tried on the Hub, which takes its time to fail
+    and then blames the network."""
+    name = os.fspath(name_or_path)
+    if os.path.isdir(name):
+        return
+    parts = name.replace("\\", "/").split("/")
+    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or len(parts) > 2 or os.path.isdir(parts[0])
+    if len(parts) == 1 or not looks_local:
+        return  # `name` or `org/name`: a Hub id
+    if os.path.exists(name):
+        raise NotADirectoryError(f"model {name!r} is a file; give the folder that holds config.json")
+    parent = os.path.dirname(os.path.abspath(os.path.expanduser(name)))
+    siblings = [e.name for e in os.scandir(parent) if e.is_dir()] if os.path.isdir(parent) else []
+    close = difflib.get_close_matches(os.path.basename(name.rstrip("/")), siblings, n=1)
+    hint = f"; did you mean {os.path.join(os.path.dirname(name), close[0])!r}?" if close else ""
+    raise FileNotFoundError(f"model folder {name!r} does not exist ({os.path.abspath(os.path.expanduser(name))}){hint}")
 
 
 def model_fingerprint(name_or_path: str) -> str:
     """sha256 of the files of a model folder that can change its embeddings (config, weights, tokenizer and
     processor files, remote code), by name and content. A hub id is resolved to its downloaded snapshot. Content,
     not mtimes: a folder retrained in place gets a new fingerprint, a copied one keeps it (about 1 s per GB)."""
+    check_model_source(name_or_path)
     folder = Path(name_or_path) if os.path.isdir(name_or_path) else Path(cached_file(name_or_path, "config.json")).parent
     digest = hashlib.sha256()
     for path in sorted(folder.iterdir()):
@@ -234,11 +262,15 @@ def encode_items(
 
 def cache_folder(cache_dir: str | Path, pool: Pool, fingerprint: str, dtype: torch.dtype, shard_size: int) -> Path:
     """`<cache_dir>/<pool name>/<key>`, created, where the key hashes everything the cached embeddings depend on:
-    the model's fingerprint, the dtype, the pool files' sizes and mtimes, the shard size and `CACHE_VERSION`. Its
-    `meta.json` spells the key out (every rank writes the same file)."""
+    the model's fingerprint, the dtype, the pool's content (`Pool.digest`, else its files' sizes and mtimes), the
+    shard size and `CACHE_VERSION`. Its `meta.json` spells the key out (every rank writes the same file)."""
+    content = (
+        {"digest": pool.digest} if pool.digest is not None
+        else {"files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in pool.files]}
+    )  # fmt: skip
     key = {
         "version": CACHE_VERSION, "model_fingerprint": fingerprint, "dtype": str(dtype), "shard_size": shard_size,
-        "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in pool.files], "count": len(pool.ids),
+        "count": len(pool.ids), **content,
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / pool.name / digest

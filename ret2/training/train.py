@@ -38,6 +38,7 @@ from transformers import (
 from transformers.training_args import ParallelMode
 
 from ret2.cli import TRACEBACK_FLAG, HelpFormatter, command_name, run_cli
+from ret2.encoding import check_model_source
 from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, TRAIN_QUERIES, load_instructions
 from configuration_ret2.configuration_ret2 import FIELD_RULES
 from modeling_ret2 import Ret2Model, Ret2Processor
@@ -244,6 +245,8 @@ def train(
     if image_root is None:
         raise ValueError("give --data-root or --image-root: image paths in the data are relative to it")
 
+    if model_args.model != "tiny":
+        check_model_source(model_args.model)  # a mistyped folder fails now, not after the data is read
     set_seed(training_args.seed)
     with training_args.main_process_first(desc="reading the training data"):
         train_set, eval_set = datasets if datasets is not None else build_datasets(data_args, training_args.seed)
