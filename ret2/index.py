@@ -9,11 +9,12 @@
 Documents come from a jsonl or csv file of records (`id`, `text`, `image`: a path relative to the image root, every
 other field kept as metadata), a `datasets.Dataset` with those columns, or a folder of images (the id is the path
 relative to the folder; `name.txt` beside `name.jpg` is its text). Each `build` / `add` writes one *part*: its
-records (`parts/part-00000.jsonl`) and their embeddings, encoded through the evaluation's shard cache
-(`ret2.encoding.encode_pool`: fp16 shards written atomically under `cache/`), so a killed build resumes from the last
-finished shard when the same command runs again. `index.json` holds the model (name or path and
-`model_fingerprint`), the encoding settings and the parts; `model_config.json` is a copy of the model's config. An
-index opened with a model whose files differ from the one that built it refuses to search.
+records (`parts/part-00000.jsonl`, image paths relative to the part's own image root, so documents added later may
+live anywhere) and their embeddings, encoded through the evaluation's shard cache (`ret2.encoding.encode_pool`: fp16
+shards written atomically under `cache/`, keyed by the part's content, so a copied index folder keeps them), so a
+killed build resumes from the last finished shard when the same command runs again. `index.json` holds the model
+(name or path and `model_fingerprint`), the encoding settings and the parts; `model_config.json` is a copy of the
+model's config. An index opened with a model whose files differ from the one that built it refuses to search.
 
 Search is exact by default (`ret2.search.search`, the function `eval.mbeir` and `eval.m2kr` rank with), for single
 vectors (ReT-2) and multi-vector late interaction (ReT-1 mode, `pooling="none"`). `build_approximate` adds a FAISS HNSW
@@ -58,7 +59,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ret2-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: each part has its own image root; the cache is keyed by the parts' content, not mtimes
 APPROXIMATE_FILE = "approximate.faiss"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ENGINES = ("exact", "approximate", "milvus")
@@ -70,14 +71,16 @@ Records = Union[str, os.PathLike, Iterable[Mapping]]
 
 @dataclass
 class Hit:
-    """One search result: the document's id, its score (cosine, or late-interaction sum), text, image path (relative
-    to the index's image root) and the other fields of its record."""
+    """One search result: the document's id, its score (cosine, or late-interaction sum), text, image (the path as
+    stored, relative to the image root of the documents it was added with), the other fields of its record, and
+    `image_path`, where the image is on disk."""
 
     id: str
     score: float
     text: str | None
     image: str | None
     metadata: dict = field(default_factory=dict)
+    image_path: str | None = None
 
 
 # ----------------------------------------------------------------------------- reading records
@@ -93,6 +96,8 @@ def _record(raw: Mapping, where: str, root: Path, id_field: str, text_field: str
         raise ValueError(f"{where}: record {raw[id_field]!r} has neither text ({text_field!r}) nor an image ({image_field!r})")
     if image is not None:
         image = relative_image(image, root, where)
+        if not (root / image).is_file():  # checked here, where the user's file and line are known
+            raise FileNotFoundError(f"{where}: image {image!r} of record {raw[id_field]!r} not found at {root / image}")
     metadata = {k: v for k, v in raw.items() if k not in (id_field, text_field, image_field)}
     return {"id": str(raw[id_field]), "text": None if text is None else str(text), "image": image, "metadata": metadata}
 
@@ -210,8 +215,11 @@ def _read_meta(folder: Path) -> dict:
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder} is not a ret2 index: no {INDEX_FILE}")
     meta = json.loads(meta_path.read_text())
-    if meta.get("format") != INDEX_FORMAT or meta.get("version") != INDEX_VERSION:
-        raise ValueError(f"{meta_path}: not a version-{INDEX_VERSION} {INDEX_FORMAT} file")
+    if meta.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{meta_path}: not a {INDEX_FORMAT} file")
+    if meta.get("version") != INDEX_VERSION:
+        raise ValueError(f"{meta_path}: an index of format version {meta.get('version')}, this ret2 reads version "
+                         f"{INDEX_VERSION}; build it again (ret2-index build) from its documents")  # fmt: skip
     return meta
 
 
@@ -237,7 +245,7 @@ class Ret2Index:
     def __init__(self, folder: Path, meta: dict, model: torch.nn.Module, processor, device: torch.device):
         self.folder, self.meta, self.model, self.processor, self.device = folder, meta, model, processor, device
         self._embeddings: Embeddings | None = None
-        self._parts: list[_Part] | None = None
+        self._parts: list[tuple[_Part, Path]] | None = None  # each complete part's records and image root
         self._approximate = None
 
     # ------------------------------------------------------------------ creating and opening
@@ -279,15 +287,15 @@ class Ret2Index:
         records, root = read_records(source, image_root, id_field, text_field, image_field)
         meta_path = folder / INDEX_FILE
         if meta_path.exists():
-            meta = json.loads(meta_path.read_text())
+            meta = _read_meta(folder)
             if meta["parts"][1:] or meta["parts"][0]["complete"]:
                 raise FileExistsError(f"{folder} already holds an index; open it and call add(), or pick a new folder")
         else:
             if folder.exists() and any(folder.iterdir()):
                 raise FileExistsError(f"{folder} exists and is not an index folder; pick an empty or new folder")
-            folder.mkdir(parents=True, exist_ok=True)
-            fingerprint = model_fingerprint(str(model))
+            fingerprint = model_fingerprint(str(model))  # a bad model fails here, before the folder is made
             config = _model_config(str(model))
+            folder.mkdir(parents=True, exist_ok=True)
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
                 "format": INDEX_FORMAT, "version": INDEX_VERSION,
@@ -297,7 +305,7 @@ class Ret2Index:
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
-        index._add_records(records, num_workers)
+        index._add_records(records, root, num_workers)
         return index
 
     @classmethod
@@ -331,6 +339,7 @@ class Ret2Index:
 
     @property
     def image_root(self) -> Path:
+        """The image root of the build: `add` resolves the image paths of in-memory records against it by default."""
         return Path(self.meta["config"]["image_root"])
 
     def __len__(self) -> int:
@@ -345,7 +354,7 @@ class Ret2Index:
     def _pool(self, part: dict) -> Pool:
         path = self.folder / "parts" / f"{part['name']}.jsonl"
         loader = _Part(path)
-        return Pool(part["name"], loader.ids(), loader, (path,))
+        return Pool(part["name"], loader.ids(), loader, (path,), digest=part["sha256"])
 
     def _cache(self, pool: Pool) -> Path:
         config = self.meta["config"]
@@ -359,15 +368,18 @@ class Ret2Index:
         id_field: str = "id",
         text_field: str = "text",
         image_field: str = "image",
+        image_root: str | Path | None = None,
     ) -> int:
         """Encode more documents (see `read_records`) into the index as a new part; returns how many were added.
-        Image paths are relative to the index's image root (absolute paths under it are accepted). Ids already in
-        the index are refused. An interrupted `add` of the same documents resumes; one of other documents is
-        discarded."""
-        records, _ = read_records(source, self.image_root, id_field, text_field, image_field)
-        return self._add_records(records, num_workers)
+        Image paths are relative to `image_root`, by default as for `build`: a `.jsonl` / `.csv` file's folder, the
+        folder of a folder of images, and for in-memory records the index's image root. Ids already in the index are
+        refused. An interrupted `add` of the same documents resumes; one of other documents is discarded."""
+        if image_root is None and not isinstance(source, (str, os.PathLike)):
+            image_root = self.image_root
+        records, root = read_records(source, image_root, id_field, text_field, image_field)
+        return self._add_records(records, root, num_workers)
 
-    def _add_records(self, records: list[dict], num_workers: int) -> int:
+    def _add_records(self, records: list[dict], root: Path, num_workers: int) -> int:
         parts_dir = self.folder / "parts"
         parts_dir.mkdir(exist_ok=True)
         pending = self.meta["parts"][-1] if self.meta["parts"] and not self.meta["parts"][-1]["complete"] else None
@@ -375,8 +387,8 @@ class Ret2Index:
         path = parts_dir / f"{name}.jsonl"
         tmp = parts_dir / f".{name}.new"
         write_atomic(tmp, lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in records))
-        if pending is not None and pending["sha256"] == _sha256(tmp):
-            tmp.unlink()  # the same documents: keep the file (its mtime keys the cache) and resume
+        if pending is not None and pending["sha256"] == _sha256(tmp) and pending["image_root"] == str(root):
+            tmp.unlink()  # the same documents: resume from their cached shards
             logger.info("resuming the interrupted encoding of %s", name)
         else:
             if pending is not None:
@@ -385,12 +397,13 @@ class Ret2Index:
                 self.meta["parts"].pop()
             self._check_new_ids([r["id"] for r in records])
             os.replace(tmp, path)
-            pending = {"name": name, "count": len(records), "sha256": _sha256(path), "complete": False}
+            pending = {"name": name, "count": len(records), "sha256": _sha256(path), "image_root": str(root),
+                       "complete": False}  # fmt: skip
             self.meta["parts"].append(pending)
             self._save()
         pool = self._pool(pending)
         config = self.meta["config"]
-        encode_pool(self.model, self.processor, pool, self._cache(pool), self.image_root, config["batch_size"],
+        encode_pool(self.model, self.processor, pool, self._cache(pool), root, config["batch_size"],
                     config["shard_size"], num_workers)  # fmt: skip
         pending["complete"] = True
         self._embeddings = self._parts = None
@@ -412,18 +425,23 @@ class Ret2Index:
     def embeddings(self) -> Embeddings:
         """The fp16 embeddings of every document (memory-mapped cache shards) and their ids, in index order."""
         if self._embeddings is None:
-            parts = [self._pool(p) for p in self.meta["parts"] if p["complete"]]
+            complete = [p for p in self.meta["parts"] if p["complete"]]
+            pools = [self._pool(p) for p in complete]
             shard_size = self.meta["config"]["shard_size"]
-            self._embeddings = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in parts])
-            self._parts = [p.load for p in parts]
+            self._embeddings = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            self._parts = [(pool.load, Path(part["image_root"])) for pool, part in zip(pools, complete)]
         return self._embeddings
 
     def record(self, row: int) -> dict:
         """The stored record {"id", "text", "image", "metadata"} of document number `row`."""
+        return self._locate(row)[0]
+
+    def _locate(self, row: int) -> tuple[dict, Path]:
+        """The stored record of document number `row` and the image root of its part."""
         self.embeddings()
-        for part in self._parts:
+        for part, root in self._parts:
             if row < len(part):
-                return part.records(row, row + 1)[0]
+                return part.records(row, row + 1)[0], root
             row -= len(part)
         raise IndexError(f"document {row} is out of range (the index holds {len(self)})")
 
@@ -488,8 +506,8 @@ class Ret2Index:
         return search_collection(self.meta["milvus"], queries, min(k, len(self)))
 
     def _hit(self, row: int, score: float) -> Hit:
-        r = self.record(row)
-        return Hit(r["id"], score, r["text"], r["image"], r["metadata"])
+        r, root = self._locate(row)
+        return Hit(r["id"], score, r["text"], r["image"], r["metadata"], r["image"] and str(root / r["image"]))
 
     # ------------------------------------------------------------------ approximate search (FAISS HNSW)
 
@@ -622,8 +640,9 @@ def _parser():
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
     p.add_argument("folder", help="the index folder")
-    p.add_argument("source", help="documents, as for build; image paths relative to the index's image root")
+    p.add_argument("source", help="documents, as for build")
     model_flags(p)
+    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
     fields(p)
 
@@ -690,7 +709,8 @@ def main(argv: list[str] | None = None) -> None:
                                 args.dtype, args.device, args.num_workers, **fields_)  # fmt: skip
         print(f"{args.folder}: {len(index)} documents")
     elif args.command == "add":
-        added = Ret2Index.open(args.folder, args.model, args.device).add(args.source, args.num_workers, **fields_)
+        index = Ret2Index.open(args.folder, args.model, args.device)
+        added = index.add(args.source, args.num_workers, image_root=args.image_root, **fields_)
         print(f"{args.folder}: added {added} documents")
     elif args.command == "search":
         if args.queries:

@@ -213,11 +213,13 @@ def test_cli_build_search_info_add(model_dir, photos, tmp_path, capsys):
     more.mkdir()
     pattern(50).save(more / "new.png")
     (more / "docs.jsonl").write_text(json.dumps({"id": "new", "image": str(more / "new.png")}) + "\n")
-    with pytest.raises(ValueError, match="lies outside the image root"):
-        main(["add", folder, str(more / "docs.jsonl")])
+    with pytest.raises(ValueError, match="lies outside the image root"):  # an absolute path outside --image-root
+        main(["add", folder, str(more / "docs.jsonl"), "--image-root", str(photos)])
+    main(["add", folder, str(more / "docs.jsonl")])  # by default, images are under the file's folder
+    assert capsys.readouterr().out.strip().endswith("added 1 documents")
     main(["info", folder])
     info = json.loads(capsys.readouterr().out)
-    assert info["documents"] == 12 and info["model"]["name_or_path"] == model_dir and info["approximate"] is None
+    assert info["documents"] == 13 and info["model"]["name_or_path"] == model_dir and info["approximate"] is None
 
 
 def test_hnsw_helpers_against_exact_search():
@@ -251,3 +253,81 @@ def test_readme_snippet_runs_as_written(model_dir, photos, tmp_path, monkeypatch
     namespace = {}
     exec(code.replace("path/or/hub-id", model_dir), namespace)
     assert len(capsys.readouterr().out.splitlines()) == 5 and len(namespace["hits"]) == 5
+
+
+def test_add_takes_documents_whose_images_live_elsewhere(model_dir, photos, tmp_path):
+    """`add` resolves image paths as `build` does (the jsonl's folder, or `image_root=`), each part keeps its own image
+    root, and a missing image is named by the user's file and line before anything is written."""
+    index = Ret2Index.build(tmp_path / "idx", photos, model=model_dir)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "deep").mkdir(parents=True)
+    pattern(60).save(elsewhere / "m0.png")
+    pattern(61).save(elsewhere / "deep" / "m1.png")
+    more = elsewhere / "more.jsonl"
+    more.write_text(json.dumps({"id": "extra-0", "image": "m0.png"}) + "\n"
+                    + json.dumps({"id": "extra-1", "text": "red", "image": str(elsewhere / "deep" / "m1.png")}) + "\n")
+    assert index.add(more) == 2 and len(index) == 14
+    hit = index.search(elsewhere / "m0.png", k=1)[0]
+    assert (hit.id, hit.image, hit.image_path) == ("extra-0", "m0.png", str(elsewhere / "m0.png"))
+    assert index.search(photos / "img08.png", k=1)[0].image_path == str(photos / "img08.png")
+    # a document's embedding is the one its own image gives
+    row = index.embeddings().ids.index("extra-1")
+    expected = index.model.encode([("red", elsewhere / "deep" / "m1.png")], kind="document", processor=index.processor)
+    np.testing.assert_allclose(index.embeddings().shards[-1][1], expected[0].astype(np.float16), atol=1e-3)
+    assert row == 13
+    # in-memory records: relative to the index's image root unless image_root= is given
+    assert index.add([{"id": "extra-2", "image": "m0.png"}], image_root=elsewhere) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "text": "ok"}) + "\n" + json.dumps({"id": "y", "image": "gone.png"}) + "\n")
+    parts = index.info()["parts"]
+    with pytest.raises(FileNotFoundError, match=rf"{bad}:2: image 'gone.png' of record 'y' not found at {tmp_path}"):
+        index.add(bad)
+    assert Ret2Index.open(tmp_path / "idx").info()["parts"] == parts  # no half-written part left behind
+
+
+def _ret2_index(*args, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "ret2.index", *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_milvus_cli_flow_and_a_copied_index_in_separate_processes(model_dir, photos, tmp_path):
+    """The README's CLI flow, each command its own process: build, copy into Milvus Lite, search with Milvus; then the
+    index folder copied with `cp -r` (new mtimes), the original removed, searched exactly and with Milvus."""
+    import shutil
+    import subprocess
+
+    pytest.importorskip("milvus_lite")
+    built = _ret2_index("build", "idx", photos, "--model", model_dir, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr
+    written = _ret2_index("milvus", "idx", "./docs.db", cwd=tmp_path)
+    assert written.returncode == 0 and "Traceback" not in written.stderr, written.stderr
+    expected = [h.id for h in Ret2Index.open(tmp_path / "idx").search("red circle", k=5)]
+    subprocess.run(["cp", "-r", "idx", "copy"], cwd=tmp_path, check=True)
+    shutil.rmtree(tmp_path / "idx")
+    for engine in ("milvus", "exact"):
+        found = _ret2_index("search", "copy", "--text", "red circle", "-k", "5", "--engine", engine, "--json",
+                            cwd=tmp_path)  # fmt: skip
+        assert found.returncode == 0, found.stderr
+        assert "re-encoding" not in found.stderr  # the copy's cache was found, not rebuilt
+        assert [h["id"] for h in json.loads(found.stdout)] == expected
+
+
+def test_a_mistyped_model_folder_fails_at_once_naming_it(model_dir, photos, tmp_path):
+    from ret2.encoding import check_model_source
+
+    (tmp_path / "runs").mkdir()
+    os.symlink(model_dir, tmp_path / "runs" / "tiny")
+    failed = _ret2_index("build", "idx", photos, "--model", "runs/tinyy", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert failed.stderr.strip().splitlines()[-1].startswith(
+        "python -m ret2.index: error: model folder 'runs/tinyy' does not exist"), failed.stderr
+    assert "did you mean 'runs/tiny'?" in failed.stderr and not (tmp_path / "idx").exists()
+    for local in ("./nope", "/no/such/model", "a/b/c", str(tmp_path / "runs" / "x")):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            check_model_source(local)
+    for hub_id in ("openai/clip-vit-base-patch32", "bert-base-uncased", model_dir):
+        check_model_source(hub_id)  # Hub ids and existing folders pass
