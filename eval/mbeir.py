@@ -35,8 +35,9 @@ from ret2.distributed import finish, main_first
 from ret2.encoding import EncodeOptions, Embeddings, Encoder, Item, Pool
 from ret2.data.mbeir import (
     DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
-    load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries, record_line,
+    load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries,
 )
+from ret2.jsonl import record_line
 from ret2.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from ret2.search import search
 

@@ -41,7 +41,7 @@ from transformers.utils import cached_file
 from .data.images import ImageLoader
 from .distributed import Dist, barrier, init_distributed
 from .search import BACKENDS
-from .data.mbeir import record_line
+from .jsonl import record_line
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import torch
 from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
 from ret2.encoding import Embeddings, cache_folder, encode_items, encode_pool, load_pool, model_fingerprint
-from ret2.data.mbeir import EVAL_ROWS, GLOBAL_POOL, load_instructions, read_json_lines
+from ret2.data.mbeir import EVAL_ROWS, GLOBAL_POOL, load_instructions
+from ret2.jsonl import read_json_lines
 from ret2.data.synthetic import generate_mbeir
 from ret2.tiny import tiny_model_and_processor, words_of
 

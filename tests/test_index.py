@@ -7,7 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from ret2.index import Hit, Ret2Index, read_records
+from ret2.index import Hit, Ret2Index
+from ret2.records import read_records
 from ret2.search import search
 from ret2.tiny import tiny_model_and_processor
 
@@ -196,7 +197,7 @@ def test_milvus_lite_top10_equals_exact(model_dir, tmp_path):
 
 
 def test_cli_build_search_info_add(model_dir, photos, tmp_path, capsys):
-    from ret2.index import main
+    from ret2.index.__main__ import main
 
     folder = str(tmp_path / "idx")
     main(["build", folder, str(photos), "--model", model_dir, "--batch_size", "5"])

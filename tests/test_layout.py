@@ -88,7 +88,8 @@ def test_truncated_image_names_the_file_and_the_record(tmp_path):
 def test_every_command_has_help(module, capsys):
     """`--help` of every command runs and lists `--traceback`; every flag has help text (the shared ArgumentParser
     refuses a flag without one)."""
-    main = importlib.import_module(module if module not in ("ret2.demo", "ret2.bench") else f"{module}.__main__").main
+    packages = ("ret2.demo", "ret2.bench", "ret2.index")  # commands that are packages run their __main__
+    main = importlib.import_module(f"{module}.__main__" if module in packages else module).main
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0

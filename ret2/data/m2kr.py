@@ -31,7 +31,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .mbeir import check_unique_ids, read_json_lines
+from ret2.jsonl import check_unique_ids, read_json_lines
 
 
 @dataclass(frozen=True)

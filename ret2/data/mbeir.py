@@ -26,7 +26,6 @@ Typical use (an encoder / eval script)::
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -37,6 +36,8 @@ from typing import Callable, Iterator, Mapping, NamedTuple, NoReturn, Sequence
 import datasets
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from ret2.jsonl import check_unique_ids, read_json_lines, record_line
 
 DATASET_IDS: dict[str, int] = {
     "VisualNews": 0, "Fashion200K": 1, "WebQA": 2, "EDIS": 3, "NIGHTS": 4,
@@ -330,37 +331,6 @@ _CANDIDATES = _Schema({"did": _STRING, "txt": _STRING, "img_path": _STRING, "mod
                       _candidate_rules, "did")
 
 
-def record_line(path: str | Path, index: int) -> int:
-    """1-based line of the `index`-th (0-based) record of a JSON-lines file: readers skip blank lines. A scan of the
-    file: run it on errors only."""
-    line_no = 0
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                if index == 0:
-                    return line_no
-                index -= 1
-    return line_no + 1
-
-
-def check_unique_ids(ids: Sequence[str], field: str = "did", source: str | Path | None = None) -> None:
-    """ValueError naming the first id of a candidate pool that occurs twice and both its places: `file:line` when
-    `source` is a JSON-lines file, else the 0-based record indices (of `source`, when given). The one duplicate check
-    of every pool reader (M-BEIR, M2KR) and of training's `CandidatePool`."""
-    if len(set(ids)) == len(ids):
-        return
-    first: dict[str, int] = {}
-    for index, value in enumerate(ids):
-        if value in first:
-            break
-        first[value] = index
-    if source is not None and str(source).endswith(".jsonl"):
-        where = f"{source}:{record_line(source, first[value])} and {source}:{record_line(source, index)}"
-    else:
-        where = f"records {first[value]} and {index}" + (f" of {source}" if source is not None else "")
-    raise ValueError(f"{where}: {field} {value!r} appears twice in the candidate pool (ids must be unique)")
-
-
 def _fits(value, arrow_type: pa.DataType) -> bool:
     if value is None:
         return True
@@ -369,22 +339,6 @@ def _fits(value, arrow_type: pa.DataType) -> bool:
     if pa.types.is_integer(arrow_type):
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, str)
-
-
-def read_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(1-based line number, record) of each non-blank line of a JSON-lines file, in plain Python;
-    ValueError naming the file and line of one that is not a JSON object."""
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from e
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            yield line_no, record
 
 
 def _raise_read_error(path: str, schema: _Schema, err: Exception) -> NoReturn:

@@ -25,12 +25,12 @@ from ret2.data.m2kr import read_ret_m2kr_passages, read_ret_m2kr_queries
 from ret2.data.mbeir import (
     DEFAULT_INSTRUCTIONS,
     candidate_text,
-    check_unique_ids,
     query_instruction,
     query_text,
     read_candidates,
     read_queries,
 )
+from ret2.jsonl import check_unique_ids
 
 FORMATS = ("mbeir", "m2kr")
 Instructions = Mapping[tuple[int, str, str], Sequence[str]]

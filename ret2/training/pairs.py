@@ -2,7 +2,7 @@
 image, or both; no M-BEIR candidate pool or instruction file.
 
 A pair record (a jsonl / csv line, a `datasets.Dataset` row or a dict) has `query_text` and / or `query_image`,
-`doc_text` and / or `doc_image` (image paths relative to the image root, as in `ret2.index`), and optionally
+`doc_text` and / or `doc_image` (image paths relative to the image root, as in `ret2.records`), and optionally
 `doc_id` (default: the document's text and image, so repeated documents are one document and are never counted as
 each other's negatives). The pairs become a `ContrastiveDataset` (queries against a pool of their documents) and
 train through `ret2.training.train.train`: the same Trainer, collator and in-batch-negative loss as M-BEIR training.
@@ -17,7 +17,7 @@ from typing import Any
 import datasets
 from transformers import TrainingArguments
 
-from ret2.index import Records, raw_records, relative_image
+from ret2.records import Records, raw_records, relative_image
 
 from .dataset import CandidatePool, ContrastiveDataset, m2kr_query
 from .train import DataArguments, ModelArguments, train

@@ -21,12 +21,12 @@ vectors (ReT-2) and multi-vector late interaction (ReT-1 mode, `pooling="none"`)
 index for collections in the millions and measures its recall@10 against the exact search; `to_milvus` copies the
 embeddings into a Milvus collection (a Milvus Lite file or a server URI), searched with `engine="milvus"`.
 
-The command line is `ret2-index` (`python -m ret2.index`): build, add, search, info, approximate, milvus, train.
+The command line is `ret2-index` (`python -m ret2.index`, in `ret2/index/__main__.py`): build, add, search, info,
+approximate, milvus, train.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -34,7 +34,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from ret2.encoding import (
     model_fingerprint,
     write_atomic,
 )
+from ret2.records import Records, read_records
 from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw, unit_rows
 from ret2.search import search as exact_search
 
@@ -61,12 +62,7 @@ INDEX_FILE = "index.json"
 INDEX_FORMAT = "ret2-index"
 INDEX_VERSION = 2  # 2: each part has its own image root; the cache is keyed by the parts' content, not mtimes
 APPROXIMATE_FILE = "approximate.faiss"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ENGINES = ("exact", "approximate", "milvus")
-RESERVED_FIELDS = ("id", "text", "image")
-
-# What `build` / `add` take (see `raw_records`): a file or folder path, or records (a list of dicts, a datasets.Dataset).
-Records = Union[str, os.PathLike, Iterable[Mapping]]
 
 
 @dataclass
@@ -81,95 +77,6 @@ class Hit:
     image: str | None
     metadata: dict = field(default_factory=dict)
     image_path: str | None = None
-
-
-# ----------------------------------------------------------------------------- reading records
-
-
-def _record(raw: Mapping, where: str, root: Path, id_field: str, text_field: str, image_field: str) -> dict:
-    """One stored record {"id", "text", "image", "metadata"} from a raw record; the image path made relative to
-    `root` (an absolute path must lie under it)."""
-    if raw.get(id_field) in (None, ""):
-        raise ValueError(f"{where}: record has no {id_field!r} field (fields: {sorted(raw)})")
-    text, image = raw.get(text_field) or None, raw.get(image_field) or None
-    if text is None and image is None:
-        raise ValueError(f"{where}: record {raw[id_field]!r} has neither text ({text_field!r}) nor an image ({image_field!r})")
-    if image is not None:
-        image = relative_image(image, root, where)
-        if not (root / image).is_file():  # checked here, where the user's file and line are known
-            raise FileNotFoundError(f"{where}: image {image!r} of record {raw[id_field]!r} not found at {root / image}")
-    metadata = {k: v for k, v in raw.items() if k not in (id_field, text_field, image_field)}
-    return {"id": str(raw[id_field]), "text": None if text is None else str(text), "image": image, "metadata": metadata}
-
-
-def relative_image(image: str | os.PathLike, root: Path, where: str) -> str:
-    """An image path as stored: relative to `root`; an absolute path must lie under it (`where` names the record)."""
-    image = str(image)
-    if os.path.isabs(image):
-        relative = os.path.relpath(os.path.normpath(image), root)
-        if relative.startswith(".."):
-            raise ValueError(f"{where}: image {image!r} lies outside the image root {root}; pass image_root=")
-        image = relative
-    return image
-
-
-def _image_folder(folder: Path) -> Iterable[tuple[str, dict]]:
-    """Raw records of a folder of images: id = path relative to the folder, text = `name.txt` beside it if any."""
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-        relative = path.relative_to(folder).as_posix()
-        caption = path.with_suffix(".txt")
-        text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else None
-        yield relative, {"id": relative, "text": text, "image": relative}
-
-
-def raw_records(source: Records, image_root: str | Path | None = None) -> tuple[Iterable[tuple[str, dict]], Path]:
-    """(where, record) pairs of a source as it is (`where` names the file and line for errors), and the image root:
-    a `.jsonl` or `.csv` file (root default: its folder), a folder of images (`_image_folder`; root: the folder), a
-    `datasets.Dataset` or a list of dicts (root default: the current directory)."""
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if path.is_dir():
-            root = Path(image_root or path)
-            raw = ((f"{path}/{name}", r) for name, r in _image_folder(path))
-            if image_root is not None:  # ids stay relative to the folder, images relative to the given root
-                raw = ((w, {**r, "image": str((path / r["image"]).absolute())}) for w, r in raw)
-        elif path.suffix == ".jsonl":
-            root = Path(image_root or path.parent)
-            raw = ((f"{path}:{n}", json.loads(line)) for n, line in enumerate(path.open(encoding="utf-8"), 1)
-                   if line.strip())  # fmt: skip
-        elif path.suffix == ".csv":
-            root = Path(image_root or path.parent)
-            raw = ((f"{path}:{n}", r) for n, r in enumerate(csv.DictReader(path.open(encoding="utf-8", newline="")), 2))
-        elif not path.exists():
-            raise FileNotFoundError(f"document source {str(path)!r} does not exist")
-        else:
-            raise ValueError(f"document source {str(path)!r}: expected a .jsonl or .csv file or a folder of images")
-    else:
-        root = Path(image_root or ".")
-        raw = ((f"record {i}", r) for i, r in enumerate(source))
-    return raw, root.absolute()
-
-
-def read_records(
-    source: Records,
-    image_root: str | Path | None = None,
-    id_field: str = "id",
-    text_field: str = "text",
-    image_field: str = "image",
-) -> tuple[list[dict], Path]:
-    """Records {"id", "text", "image", "metadata"} and the image root of a source of documents (see `raw_records`).
-
-    Args:
-        source: a `.jsonl` or `.csv` file, a folder of images, a `datasets.Dataset` or a list of dicts.
-        image_root: the folder image paths are relative to.
-        id_field, text_field, image_field: the names of those fields in the source; every other field is metadata.
-    """
-    raw, root = raw_records(source, image_root)
-    fields_ = dict(id_field=id_field, text_field=text_field, image_field=image_field)
-    records = [_record(r, where, root, **fields_) for where, r in raw]
-    if not records:
-        raise ValueError(f"document source {source!r} has no records")
-    return records, root
 
 
 # ----------------------------------------------------------------------------- parts: records + cached embeddings
@@ -603,145 +510,3 @@ def _model_config(name_or_path: str) -> dict:
 
     path = Path(name_or_path) / "config.json" if os.path.isdir(name_or_path) else cached_file(name_or_path, "config.json")
     return json.loads(Path(path).read_text())
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def _parser():
-    from ret2.cli import ArgumentParser
-    from ret2.encoding import DTYPES as dtypes
-
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0] + "\n\nSubcommands: build, add, search, info, "
-                            "approximate, milvus, train (each has --help).")  # fmt: skip
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def fields(p):
-        p.add_argument("--id-field", default="id", help="the id field of the records")
-        p.add_argument("--text-field", default="text", help="the text field of the records")
-        p.add_argument("--image-field", default="image", help="the image path field of the records")
-
-    def model_flags(p, required=False):
-        p.add_argument("--model", required=required, help="ReT-2 model folder or Hub id" + (
-            "" if required else " (default: the one that built the index; its files must be identical)"))
-        p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-
-    p = commands.add_parser("build", help="encode documents into a new index folder (resumes if interrupted)")
-    p.add_argument("folder", help="the index folder to create")
-    p.add_argument("source", help="documents: a .jsonl or .csv of records (id, text, image, metadata) or a folder of "
-                   "images (name.txt beside name.jpg is its text)")  # fmt: skip
-    model_flags(p, required=True)
-    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
-    p.add_argument("--batch-size", type=int, default=64, help="documents per model call")
-    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="documents per cache shard (the resume unit)")
-    p.add_argument("--dtype", choices=list(dtypes), default="float32", help="model dtype while encoding")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
-    fields(p)
-
-    p = commands.add_parser("add", help="encode more documents into an existing index")
-    p.add_argument("folder", help="the index folder")
-    p.add_argument("source", help="documents, as for build")
-    model_flags(p)
-    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
-    fields(p)
-
-    p = commands.add_parser("search", help="search the index with text, an image, or both")
-    p.add_argument("folder", help="the index folder")
-    p.add_argument("--text", help="query text")
-    p.add_argument("--image", help="query image path (anywhere on disk)")
-    p.add_argument("--queries", help="a .jsonl of queries, each {\"text\": ..., \"image\": ...} (instead of --text/--image)")
-    p.add_argument("-k", "--k", type=int, default=10, help="results per query")
-    p.add_argument("--engine", choices=list(ENGINES), default="exact", help="exact, approximate (HNSW) or milvus")
-    p.add_argument("--json", action="store_true", help="print the hits as JSON lines (one list per query)")
-    model_flags(p)
-
-    p = commands.add_parser("info", help="print what the index holds (no model needed)")
-    p.add_argument("folder", help="the index folder")
-
-    p = commands.add_parser("approximate", help="build a FAISS HNSW index and report its recall@10 against exact")
-    p.add_argument("folder", help="the index folder")
-    p.add_argument("--m", type=int, default=32, help="HNSW neighbours per node")
-    p.add_argument("--ef-construction", type=int, default=80, help="HNSW build depth")
-    p.add_argument("--ef-search", type=int, default=128, help="HNSW search depth used by default")
-    p.add_argument("--recall-sample", type=int, default=1000, help="stored documents used as queries to measure recall")
-    model_flags(p)
-
-    p = commands.add_parser("milvus", help="copy the embeddings into a Milvus collection (Lite file or server URI)")
-    p.add_argument("folder", help="the index folder")
-    p.add_argument("uri", help="a Milvus Lite file (./docs.db) or a server URI (http://host:19530)")
-    p.add_argument("--collection", default="ret2", help="collection name")
-    p.add_argument("--index-type", default="FLAT", help="Milvus index type: FLAT (exact), HNSW, IVF_FLAT, AUTOINDEX")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
-    model_flags(p)
-
-    p = commands.add_parser("train", help="fine-tune a model on (query, document) pairs (see ret2.training.pairs)")
-    p.add_argument("pairs", help="a .jsonl or .csv of pairs: query_text / query_image, doc_text / doc_image, doc_id")
-    p.add_argument("--model", required=True, help="start model: ReT-2 folder or Hub id, CLIP / SigLIP checkpoint, or tiny")
-    p.add_argument("--output-dir", required=True, help="where the fine-tuned model is saved")
-    p.add_argument("--image-root", help="folder image paths are relative to (default: the pairs file's folder)")
-    p.add_argument("--epochs", type=float, default=1.0, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per step (in-batch negatives)")
-    p.add_argument("--learning-rate", type=float, default=1e-5, help="peak learning rate")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    return parser
-
-
-def _print_hits(queries: list, hits: list[list[Hit]], as_json: bool) -> None:
-    for query, found in zip(queries, hits):
-        if as_json:
-            print(json.dumps([vars(h) for h in found], ensure_ascii=False))
-            continue
-        print(f"query: {query}")
-        for rank, h in enumerate(found, 1):
-            print(f"{rank:4d}  {h.score:8.4f}  {h.id}  {h.text or ''}  {h.image or ''}")
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`ret2-index`: build, add to, search, describe an index; approximate and Milvus search; train on pairs."""
-    from ret2.cli import configure_logging
-
-    args = _parser().parse_args(argv)
-    configure_logging()
-    fields_ = {k: getattr(args, k, None) for k in ("id_field", "text_field", "image_field")}
-    if args.command == "build":
-        index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
-                                args.dtype, args.device, args.num_workers, **fields_)  # fmt: skip
-        print(f"{args.folder}: {len(index)} documents")
-    elif args.command == "add":
-        index = Ret2Index.open(args.folder, args.model, args.device)
-        added = index.add(args.source, args.num_workers, image_root=args.image_root, **fields_)
-        print(f"{args.folder}: added {added} documents")
-    elif args.command == "search":
-        if args.queries:
-            queries = [{k: v for k, v in json.loads(line).items() if k in ("text", "image")}
-                       for line in Path(args.queries).read_text(encoding="utf-8").splitlines() if line.strip()]  # fmt: skip
-        elif args.text or args.image:
-            queries = [{"text": args.text, "image": args.image}]
-        else:
-            raise ValueError("give --text, --image (or both), or --queries FILE.jsonl")
-        hits = Ret2Index.open(args.folder, args.model, args.device).search(queries, args.k, args.engine)
-        _print_hits(queries, hits, args.json)
-    elif args.command == "info":
-        print(json.dumps(index_info(args.folder), indent=1))
-    elif args.command == "approximate":
-        index = Ret2Index.open(args.folder, args.model, args.device)
-        report = index.build_approximate(args.m, args.ef_construction, args.ef_search, args.recall_sample)
-        print(f"{args.folder}: HNSW over {len(index)} documents, recall@10 {report['recall_at_10']:.4f} against exact "
-              f"({report['recall_queries']} stored documents as queries)")  # fmt: skip
-    elif args.command == "milvus":
-        target = Ret2Index.open(args.folder, args.model, args.device).to_milvus(
-            args.uri, args.collection, args.index_type, overwrite=args.overwrite)
-        print(f"{args.folder}: written to Milvus collection {target['collection']!r} at {target['uri']}")
-    else:
-        from ret2.training.pairs import train_pairs
-
-        train_pairs(args.pairs, args.model, args.output_dir, args.image_root, num_train_epochs=args.epochs,
-                    per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)  # fmt: skip
-        print(f"fine-tuned model saved to {args.output_dir}; rebuild your index with --model {args.output_dir}")
-
-
-if __name__ == "__main__":
-    from ret2.cli import run_cli
-
-    run_cli(main)

@@ -1,0 +1,144 @@
+"""`ret2-index` (`python -m ret2.index`): build, add to, search and describe an index of your own documents; approximate
+and Milvus search; fine-tune a model on (query, document) pairs.
+
+Subcommands: build, add, search, info, approximate, milvus, train (each has --help)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ret2.cli import ArgumentParser, configure_logging, run_cli
+from ret2.encoding import DTYPES, SHARD_SIZE
+from ret2.index import ENGINES, Hit, Ret2Index, index_info
+
+
+def _parser() -> ArgumentParser:
+    parser = ArgumentParser(description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def fields(p):
+        p.add_argument("--id-field", default="id", help="the id field of the records")
+        p.add_argument("--text-field", default="text", help="the text field of the records")
+        p.add_argument("--image-field", default="image", help="the image path field of the records")
+
+    def model_flags(p, required=False):
+        p.add_argument("--model", required=required, help="ReT-2 model folder or Hub id" + (
+            "" if required else " (default: the one that built the index; its files must be identical)"))
+        p.add_argument("--device", help="cuda or cpu (default: cuda if available)")
+
+    p = commands.add_parser("build", help="encode documents into a new index folder (resumes if interrupted)")
+    p.add_argument("folder", help="the index folder to create")
+    p.add_argument("source", help="documents: a .jsonl or .csv of records (id, text, image, metadata) or a folder of "
+                   "images (name.txt beside name.jpg is its text)")  # fmt: skip
+    model_flags(p, required=True)
+    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
+    p.add_argument("--batch-size", type=int, default=64, help="documents per model call")
+    p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="documents per cache shard (the resume unit)")
+    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model dtype while encoding")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
+    fields(p)
+
+    p = commands.add_parser("add", help="encode more documents into an existing index")
+    p.add_argument("folder", help="the index folder")
+    p.add_argument("source", help="documents, as for build")
+    model_flags(p)
+    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
+    fields(p)
+
+    p = commands.add_parser("search", help="search the index with text, an image, or both")
+    p.add_argument("folder", help="the index folder")
+    p.add_argument("--text", help="query text")
+    p.add_argument("--image", help="query image path (anywhere on disk)")
+    p.add_argument("--queries", help="a .jsonl of queries, each {\"text\": ..., \"image\": ...} (instead of --text/--image)")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query")
+    p.add_argument("--engine", choices=list(ENGINES), default="exact", help="exact, approximate (HNSW) or milvus")
+    p.add_argument("--json", action="store_true", help="print the hits as JSON lines (one list per query)")
+    model_flags(p)
+
+    p = commands.add_parser("info", help="print what the index holds (no model needed)")
+    p.add_argument("folder", help="the index folder")
+
+    p = commands.add_parser("approximate", help="build a FAISS HNSW index and report its recall@10 against exact")
+    p.add_argument("folder", help="the index folder")
+    p.add_argument("--m", type=int, default=32, help="HNSW neighbours per node")
+    p.add_argument("--ef-construction", type=int, default=80, help="HNSW build depth")
+    p.add_argument("--ef-search", type=int, default=128, help="HNSW search depth used by default")
+    p.add_argument("--recall-sample", type=int, default=1000, help="stored documents used as queries to measure recall")
+    model_flags(p)
+
+    p = commands.add_parser("milvus", help="copy the embeddings into a Milvus collection (Lite file or server URI)")
+    p.add_argument("folder", help="the index folder")
+    p.add_argument("uri", help="a Milvus Lite file (./docs.db) or a server URI (http://host:19530)")
+    p.add_argument("--collection", default="ret2", help="collection name")
+    p.add_argument("--index-type", default="FLAT", help="Milvus index type: FLAT (exact), HNSW, IVF_FLAT, AUTOINDEX")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing collection of that name")
+    model_flags(p)
+
+    p = commands.add_parser("train", help="fine-tune a model on (query, document) pairs (see ret2.training.pairs)")
+    p.add_argument("pairs", help="a .jsonl or .csv of pairs: query_text / query_image, doc_text / doc_image, doc_id")
+    p.add_argument("--model", required=True, help="start model: ReT-2 folder or Hub id, CLIP / SigLIP checkpoint, or tiny")
+    p.add_argument("--output-dir", required=True, help="where the fine-tuned model is saved")
+    p.add_argument("--image-root", help="folder image paths are relative to (default: the pairs file's folder)")
+    p.add_argument("--epochs", type=float, default=1.0, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="pairs per step (in-batch negatives)")
+    p.add_argument("--learning-rate", type=float, default=1e-5, help="peak learning rate")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    return parser
+
+
+def _print_hits(queries: list, hits: list[list[Hit]], as_json: bool) -> None:
+    for query, found in zip(queries, hits):
+        if as_json:
+            print(json.dumps([vars(h) for h in found], ensure_ascii=False))
+            continue
+        print(f"query: {query}")
+        for rank, h in enumerate(found, 1):
+            print(f"{rank:4d}  {h.score:8.4f}  {h.id}  {h.text or ''}  {h.image or ''}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`ret2-index`: build, add to, search, describe an index; approximate and Milvus search; train on pairs."""
+    args = _parser().parse_args(argv)
+    configure_logging()
+    fields_ = {k: getattr(args, k, None) for k in ("id_field", "text_field", "image_field")}
+    if args.command == "build":
+        index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
+                                args.dtype, args.device, args.num_workers, **fields_)  # fmt: skip
+        print(f"{args.folder}: {len(index)} documents")
+    elif args.command == "add":
+        index = Ret2Index.open(args.folder, args.model, args.device)
+        added = index.add(args.source, args.num_workers, image_root=args.image_root, **fields_)
+        print(f"{args.folder}: added {added} documents")
+    elif args.command == "search":
+        if args.queries:
+            queries = [{k: v for k, v in json.loads(line).items() if k in ("text", "image")}
+                       for line in Path(args.queries).read_text(encoding="utf-8").splitlines() if line.strip()]  # fmt: skip
+        elif args.text or args.image:
+            queries = [{"text": args.text, "image": args.image}]
+        else:
+            raise ValueError("give --text, --image (or both), or --queries FILE.jsonl")
+        hits = Ret2Index.open(args.folder, args.model, args.device).search(queries, args.k, args.engine)
+        _print_hits(queries, hits, args.json)
+    elif args.command == "info":
+        print(json.dumps(index_info(args.folder), indent=1))
+    elif args.command == "approximate":
+        index = Ret2Index.open(args.folder, args.model, args.device)
+        report = index.build_approximate(args.m, args.ef_construction, args.ef_search, args.recall_sample)
+        print(f"{args.folder}: HNSW over {len(index)} documents, recall@10 {report['recall_at_10']:.4f} against exact "
+              f"({report['recall_queries']} stored documents as queries)")  # fmt: skip
+    elif args.command == "milvus":
+        target = Ret2Index.open(args.folder, args.model, args.device).to_milvus(
+            args.uri, args.collection, args.index_type, overwrite=args.overwrite)
+        print(f"{args.folder}: written to Milvus collection {target['collection']!r} at {target['uri']}")
+    else:
+        from ret2.training.pairs import train_pairs
+
+        train_pairs(args.pairs, args.model, args.output_dir, args.image_root, num_train_epochs=args.epochs,
+                    per_device_train_batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed)  # fmt: skip
+        print(f"fine-tuned model saved to {args.output_dir}; rebuild your index with --model {args.output_dir}")
+
+
+if __name__ == "__main__":
+    run_cli(main)
