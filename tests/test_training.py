@@ -14,12 +14,12 @@ from remote_code import load_in_clean_process
 from transformers import AutoModel, TrainingArguments
 
 from ret2.data.synthetic import generate_mbeir
-from ret2.training.collator import ContrastiveCollator
+from ret2.training.collator import ContrastiveCollator, model_inputs
 from ret2.training.loss import ContrastiveLoss
 from ret2.training.lora import LORA_STATE_NAME, apply_lora
 from ret2.tiny import tiny_model_and_processor, words_of
 from ret2.training.train import DataArguments, build_datasets, main
-from ret2.training.trainer import ContrastiveTrainer, concat_inputs, side_inputs
+from ret2.training.trainer import ContrastiveTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,36 +48,30 @@ def logged_losses(trainer) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
 
 
-def test_concat_inputs_pads_texts_and_fills_missing_pixels():
-    docs = {"input_ids": torch.tensor([[5, 6, 7]]), "attention_mask": torch.tensor([[1, 1, 1]]),
-            "pixel_values": torch.ones(1, 3, 2, 2), "text_mask": torch.tensor([1]), "vision_mask": torch.tensor([1])}
-    negs = {"input_ids": torch.tensor([[8], [9]]), "attention_mask": torch.tensor([[1], [1]]),
-            "text_mask": torch.tensor([1, 1]), "vision_mask": torch.tensor([0, 0])}
-    out = concat_inputs(docs, negs)
-    assert out["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0], [9, 0, 0]]
-    assert out["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0], [1, 0, 0]]
-    assert out["pixel_values"].shape == (3, 3, 2, 2) and out["pixel_values"][1:].abs().sum() == 0
-    assert out["pixel_values"][0].eq(1).all() and out["vision_mask"].tolist() == [1, 0, 0]
-    with pytest.raises(ValueError, match="'attention_mask' is in only one"):
-        concat_inputs(docs, {k: v for k, v in negs.items() if k != "attention_mask"})
-
-
 def test_compute_loss_is_the_loss_of_separately_encoded_sides(root, cache, tmp_path):
-    """Hard negatives stacked under the documents in one forward, split after: the same loss as encoding queries,
-    documents and negatives separately."""
+    """Hard negatives stacked under the documents by the collator, one forward, split after: the same loss as
+    processing and encoding queries, documents and negatives separately."""
     train, _ = build_datasets(DataArguments(data_root=str(root), num_hard_negatives=2, dataset_cache_dir=cache), 0)
     model, processor = tiny_model_and_processor(words_of(list(train.texts())), seed=0)
     args = TrainingArguments(output_dir=str(tmp_path), remove_unused_columns=False, report_to="none")
     trainer = ContrastiveTrainer(model=model, args=args)
-    batch = ContrastiveCollator(processor, root, num_hard_negatives=2)([train[i] for i in range(0, 128, 9)])
-    batch = {name: value.to(args.device) for name, value in batch.items()}
+    examples = [train[i] for i in range(0, 128, 9)]
+    batch = ContrastiveCollator(processor, root, num_hard_negatives=2)(examples)
+    plain = ContrastiveCollator(processor, root)  # no negatives: each call processes one query and one doc side
+    positives = plain(examples)
+    negatives = plain([{"query": e["query"], "doc": n} for e in examples for n in e["negatives"]])
+
+    def side(inputs, prefix):
+        return {name.removeprefix(prefix): value for name, value in model_inputs(inputs).items() if name.startswith(prefix)}
+
     with torch.no_grad():
-        loss = trainer.compute_loss(model.eval(), batch)
+        loss = trainer.compute_loss(model.eval(), {name: value.to(args.device) for name, value in batch.items()})
         expected = ContrastiveLoss()(
-            model.encode_queries(**side_inputs(batch, "query_")), model.encode_documents(**side_inputs(batch, "doc_")),
-            model.logit_scale, batch["doc_ids"], model.encode_documents(**side_inputs(batch, "neg_doc_")),
-            batch["neg_doc_ids"],
+            model.encode_queries(**side(positives, "query_")), model.encode_documents(**side(positives, "doc_")),
+            model.logit_scale, positives["doc_ids"], model.encode_documents(**side(negatives, "doc_")),
+            negatives["doc_ids"],
         )  # fmt: skip
+    assert torch.equal(batch["neg_doc_ids"], negatives["doc_ids"])
     assert loss.item() > 1.0
     torch.testing.assert_close(loss, expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="remove_unused_columns=False"):

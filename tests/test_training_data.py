@@ -144,8 +144,9 @@ def collator_and_batch(root, cache):
 def test_collator_keys_shapes_and_masks(collator_and_batch):
     _, examples, batch = collator_and_batch
     n = len(examples)
-    sides = {"query_": [e["query"] for e in examples], "doc_": [e["doc"] for e in examples],
-             "neg_doc_": [neg for e in examples for neg in e["negatives"]]}
+    # the doc_ side holds the positives, then the hard negatives grouped by query
+    sides = {"query_": [e["query"] for e in examples],
+             "doc_": [e["doc"] for e in examples] + [neg for e in examples for neg in e["negatives"]]}
     expected = {f"{p}{k}" for p in sides for k in ("input_ids", "attention_mask", "pixel_values", "text_mask",
                                                    "vision_mask")} | {"doc_ids", "neg_doc_ids"}
     assert set(batch) == expected and "labels" not in batch

@@ -12,6 +12,15 @@ from transformers import ProcessorMixin
 from ret2.data.images import ImageLoader
 
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values", "text_mask", "vision_mask")
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The `query_*` / `doc_*` model inputs of a collated batch (what `Ret2Model.forward` takes), without the ids."""
+    return {name: value for name, value in batch.items()
+            if name.startswith(("query_", "doc_")) and name.partition("_")[2] in MODEL_INPUTS}  # fmt: skip
+
+
 def stable_id(did: str) -> int:
     """A 64-bit integer id of a did string, the same in every process and run (unlike `hash`)."""
     return int.from_bytes(hashlib.blake2b(did.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
@@ -24,16 +33,17 @@ class ContrastiveCollator:
     "img_path"}`` (see `ret2.training.dataset`). Images are opened here, lazily, relative to `image_root`; a path that leaves
     the root is refused.
 
-    The batch holds, for the prefixes ``query_``, ``doc_`` and (with hard negatives) ``neg_doc_``, the processor's
-    ``input_ids, attention_mask, pixel_values`` (only when that side has an image), ``text_mask, vision_mask``, plus
-    ``doc_ids`` (B,) and ``neg_doc_ids`` (B * num_hard_negatives,): int64 `stable_id`s of the dids, so that copies
-    of a document are recognised across ranks. Negatives are grouped by query: rows ``i * n ... i * n + n - 1``
-    belong to query i. There is no ``labels`` key (the Trainer treats one specially).
+    The batch holds, for the prefixes ``query_`` and ``doc_``, the processor's ``input_ids, attention_mask,
+    pixel_values`` (only when that side has an image), ``text_mask, vision_mask``, plus ``doc_ids`` (B,) and, with
+    hard negatives, ``neg_doc_ids`` (B * num_hard_negatives,): int64 `stable_id`s of the dids, so that copies of a
+    document are recognised across ranks. The ``doc_`` inputs hold the B positives followed by the hard negatives
+    (one processor call, so one forward encodes them all), grouped by query: negative rows ``B + i * n ... B + i * n
+    + n - 1`` belong to query i. There is no ``labels`` key (the Trainer treats one specially).
 
     Args:
         processor: a `Ret2Processor` (tokenizer and image processor).
         image_root: the directory image paths are relative to (the dataset root for M-BEIR).
-        num_hard_negatives: negatives expected in every example (0: none, and no ``neg_doc_*`` keys).
+        num_hard_negatives: negatives expected in every example (0: none, and no ``neg_doc_ids``).
         max_length: truncation length of the texts (default: the tokenizer's).
     """
 
@@ -59,8 +69,7 @@ class ContrastiveCollator:
 
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
         docs = [example["doc"] for example in examples]
-        batch = {**self._encode("query_", [example["query"] for example in examples]), **self._encode("doc_", docs)}
-        batch["doc_ids"] = torch.tensor([stable_id(doc["id"]) for doc in docs], dtype=torch.int64)
+        negatives = []
         if self.num_hard_negatives:
             counts = [len(example.get("negatives", ())) for example in examples]
             if any(count != self.num_hard_negatives for count in counts):
@@ -68,6 +77,9 @@ class ContrastiveCollator:
                     f"expected {self.num_hard_negatives} negatives per example (num_hard_negatives), got {counts}"
                 )
             negatives = [negative for example in examples for negative in example["negatives"]]
-            batch.update(self._encode("neg_doc_", negatives))
+        batch = {**self._encode("query_", [example["query"] for example in examples]),
+                 **self._encode("doc_", docs + negatives)}  # fmt: skip
+        batch["doc_ids"] = torch.tensor([stable_id(doc["id"]) for doc in docs], dtype=torch.int64)
+        if negatives:
             batch["neg_doc_ids"] = torch.tensor([stable_id(n["id"]) for n in negatives], dtype=torch.int64)
         return batch
