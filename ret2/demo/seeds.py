@@ -23,6 +23,7 @@ from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser
 from ret2.data.mbeir import EVAL_ROWS
 from ret2.data.synthetic import generate_mbeir
+from ret2.distributed import available_cores
 from ret2.encoding import EncodeOptions
 from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
 from ret2.training.collator import ContrastiveCollator
@@ -60,7 +61,7 @@ def check_run_args(parser: ArgumentParser, args: argparse.Namespace) -> argparse
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
     if args.jobs is None:
-        args.jobs = min(len(args.seeds), os.cpu_count() or 1)
+        args.jobs = min(len(args.seeds), available_cores())
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive integer, got {args.jobs}")
     return args
@@ -153,7 +154,7 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path, variants: dict[str,
                 out / "data", seed=seed, n_per_task=args.n_per_task, pool_size=args.pool_size,
                 n_train_per_task=args.n_train_per_task,
             )  # fmt: skip
-        options = EncodeOptions(batch_size=args.batch_size, num_workers=4)
+        options = EncodeOptions(batch_size=args.batch_size)
         results = {}
         for name, overrides in variants.items():
             print(f"[seed {seed}] fine-tuning {name}", flush=True)
