@@ -58,8 +58,10 @@ def find_data_root(root: Path, layout: str) -> Path:
                 logger.info("M2KR data found under %s", candidate)
             return candidate
     example = next(iter(M2KR_DATASETS.values()))
-    files = ([p.name for p in example.ret_paths(root)] if layout == "ret"
-             else [f"{example.config}_data/test-*.parquet", f"{example.config}_passages/test_passages-*.parquet"])  # fmt: skip
+    if layout == "ret":
+        files = [p.name for p in example.ret_paths(root)]
+    else:
+        files = [f"{example.config}_data/test-*.parquet", f"{example.config}_passages/test_passages-*.parquet"]
     raise FileNotFoundError(
         f"no M2KR sub-dataset in the {layout!r} layout under {root} or {root / 'm2kr'} (looked for the files of "
         f"each of {list(M2KR_DATASETS)}, e.g. {example.name}: {' and '.join(files)})"

@@ -4,8 +4,8 @@ multimodal LLM: this module stops at the prompt string).
 
     from ret2.rag import build_knowledge_base, retrieve, build_prompt
 
-    kb = build_knowledge_base("kb-index", ["data/ReT-M2KR/infoseek_passages_test.jsonl"], model="path/or/hub-id",
-                              image_root="data/ReT-M2KR")               # passages with or without images
+    kb = build_knowledge_base("kb-index", ["data/ReT-M2KR/infoseek_passages_test.jsonl"],  # with or without images
+                              model="runs/demo/seed-42/ret2-model", image_root="data/ReT-M2KR")
     passages = retrieve(kb, "What is this building called?", image="photo.jpg", k=5)
     prompt = build_prompt("What is this building called?", passages)   # hand it, with the image, to any generator
 
@@ -14,8 +14,8 @@ The knowledge base is a `ret2.index.Ret2Index` of ReT-M2KR passage files (`passa
 Command line: the first call builds the knowledge base from the passage files, later calls reuse it; each prints the
 prompt.
 
-    python -m ret2.rag kb-index --passages data/ReT-M2KR/infoseek_passages_test.jsonl --model path/or/hub-id \
-        --question "What is this building called?" --image photo.jpg -k 5
+    python -m ret2.rag kb-index --passages data/ReT-M2KR/infoseek_passages_test.jsonl \
+        --model runs/demo/seed-42/ret2-model --question "What is this building called?" --image photo.jpg -k 5
     python -m ret2.rag kb-index --question "Who designed it?" --image photo.jpg
 """
 

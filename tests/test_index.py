@@ -249,7 +249,7 @@ def test_readme_snippet_runs_as_written(model_dir, photos, tmp_path, monkeypatch
     os.symlink(photos, tmp_path / "photos")
     pattern(77).save(tmp_path / "query.jpg")
     namespace = {}
-    exec(code.replace("path/or/hub-id", model_dir), namespace)
+    exec(code.replace("runs/demo/seed-42/ret2-model", model_dir), namespace)
     assert len(capsys.readouterr().out.splitlines()) == 5 and len(namespace["hits"]) == 5
 
 

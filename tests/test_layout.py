@@ -20,8 +20,9 @@ from ret2.distributed import default_num_workers
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"ret2", "modeling_ret2", "configuration_ret2"}
 COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.index", "ret2.rag", "ret2.data.synthetic",
-            "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.demo.ablation", "ret2.bench", "ret2.bench.train_tiny",
-            "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw", "ret2.bench.search_index"]  # fmt: skip
+            "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.demo.ablation", "ret2.bench",
+            "ret2.bench.train_tiny", "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw",
+            "ret2.bench.search_index"]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -128,7 +129,7 @@ def test_help_shows_every_default_zero_and_false_included(module, monkeypatch, c
 @pytest.mark.parametrize(("command", "shown"), [
     (["ret2-index", "build", "--help"], "DataLoader workers opening images (default: 0)"),
     (["ret2-index", "train", "--help"], "random seed (default: 0)"),
-    (["ret2-eval-mbeir", "--help"], f"DataLoader workers loading images (default: {min(4, len(os.sched_getaffinity(0)))})"),
+    (["ret2-eval-mbeir", "--help"], f"DataLoader workers loading images (default: {default_num_workers()})"),
 ])  # fmt: skip
 def test_installed_commands_show_zero_defaults_and_the_workers_the_cores_allow(command, shown):
     out = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], capture_output=True, text=True,
@@ -164,3 +165,20 @@ def test_cli_errors_end_in_one_line(tmp_path):
     assert len(lines) == 1 and "unknown task(s) ['no_such_task']" in lines[0] and "Traceback" not in out.stderr
     out = subprocess.run([*command, "--traceback"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_readme_first_screen_reaches_the_installed_commands_and_names_a_model_a_new_user_has():
+    """After the two opening commands, the README says how to put the installed `ret2-*` commands on the PATH
+    (before any of them is used), installs extras from the checkout (the package is not on PyPI), and its examples
+    use the model the demo saves by default, not a placeholder."""
+    from ret2.demo.__main__ import parse_args
+
+    readme = (REPO / "README.md").read_text()
+    activate = readme.index("source .venv/bin/activate")
+    assert readme.index("./run.sh test") < activate < readme.index("## What ReT-2 is")
+    commands = ("ret2-demo", "ret2-train", "ret2-eval-mbeir", "ret2-index")
+    assert activate < min(readme.index(f"{name} ") for name in commands)
+    assert 'pip install "ret2[' not in readme and 'pip install -e ".[milvus]"' in readme
+    args = parse_args([])
+    demo_model = f"{args.output_dir}/seed-{args.seeds[0]}/ret2-model"
+    assert "path/or/hub-id" not in readme and readme.count(demo_model) >= 10
