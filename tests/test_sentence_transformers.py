@@ -165,3 +165,20 @@ def test_the_folder_pushed_to_the_hub_is_a_sentence_transformers_model(push, tin
     encoder = st.SentenceTransformer(str(hub), trust_remote_code=True, device="cpu")
     documents = encoder.encode_document(st_inputs(images), convert_to_tensor=True, batch_size=2)
     torch.testing.assert_close(documents, expected(model, processor, images, "document"), atol=1e-5, rtol=0)
+
+
+def test_max_seq_length_is_the_text_towers_limit_and_truncates_when_set(tiny, tmp_path):
+    """`max_seq_length` reports how many tokens of a text are read (the text tower's positions), not None; set lower,
+    texts are cut there, as the model reads them cut by the processor's `max_length`."""
+    model, processor = tiny
+    encoder = st.SentenceTransformer(str(save(model, processor, tmp_path / "ret2")), trust_remote_code=True,
+                                     device="cpu")  # fmt: skip
+    assert encoder.max_seq_length == model.config.text_config.max_position_embeddings == 64
+    text = " ".join(WORDS * 3)  # 42 words
+    encoder.max_seq_length = 5
+    assert encoder.max_seq_length == 5
+    inputs = processor(text=[text], images=[None], return_tensors="pt", max_length=5)
+    assert inputs["input_ids"].shape[1] == 5
+    with torch.no_grad():
+        expected = model.encode_queries(**inputs)
+    torch.testing.assert_close(encoder.encode_query([text], convert_to_tensor=True), expected, atol=1e-5, rtol=0)
