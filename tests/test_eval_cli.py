@@ -70,6 +70,7 @@ def trec_rankings(path: Path) -> list[tuple[str, str, int]]:
 def test_mbeir_outputs(mbeir_run, model_dir, data):
     results = json.loads((mbeir_run / "results.json").read_text())
     assert results.pop("model") == {"name_or_path": str(model_dir), "fingerprint": model_fingerprint(str(model_dir))}
+    assert results.pop("data") == {"root": str(data), "generated": True}  # ret2.data.synthetic's, not M-BEIR
     assert set(results) == {"local", "global"}
     for pool, rows in results.items():
         assert set(rows) == set(ROWS) | {"average"}
@@ -229,7 +230,8 @@ def test_m2kr_end_to_end(model_dir, data, tmp_path):
     results = m2kr.main(["--model", str(model_dir), "--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path),
                          "--device", "cpu", "--num-workers", "1", "--batch-size", "6"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved.pop("model")["fingerprint"] == model_fingerprint(str(model_dir)) and saved == results
+    assert saved.pop("model")["fingerprint"] == model_fingerprint(str(model_dir))
+    assert saved.pop("data") == {"root": str(data / "m2kr"), "generated": True} and saved == results
     assert {name: list(metrics) for name, metrics in results.items()} == {
         "OVEN": ["recall@5"], "InfoSeek": ["recall@5", "pseudo_recall@5"], "E-VQA": ["recall@5", "pseudo_recall@5"],
     }
@@ -250,7 +252,8 @@ def test_m2kr_finds_the_generators_m2kr_folder_from_a_new_process(model_dir, dat
     assert f"M2KR data found under {data / 'm2kr'}" in run.stderr
     direct = m2kr.main(["--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path / "m2kr"), *common])
     found = json.loads((tmp_path / "root" / "results.json").read_text())
-    assert found.pop("model")["fingerprint"] == model_fingerprint(str(model_dir)) and found == direct
+    assert found.pop("model")["fingerprint"] == model_fingerprint(str(model_dir))
+    assert found.pop("data") == {"root": str(data / "m2kr"), "generated": True} and found == direct
 
 
 def test_m2kr_without_data_names_both_folders_it_looked_in(tmp_path):
