@@ -42,16 +42,37 @@ def _sources(dataset: M2KRDataset, root: Path, layout: str) -> tuple[Path, Path,
     return root / f"{dataset.config}_data", root / f"{dataset.config}_passages", dataset.parquet_paths(root)[1]
 
 
+def datasets_under(root: Path, layout: str) -> list[M2KRDataset]:
+    """The sub-datasets whose files of `layout` are all under `root`."""
+    if layout == "ret":
+        return [d for d in M2KR_DATASETS.values() if all(p.is_file() for p in d.ret_paths(root))]
+    return [d for d in M2KR_DATASETS.values() if all(d.parquet_paths(root))]
+
+
+def find_data_root(root: Path, layout: str) -> Path:
+    """The folder holding the M2KR files: `root`, or else `root/m2kr`, where `ret2-synthetic` writes its ReT-M2KR
+    copy beside the M-BEIR data. FileNotFoundError naming both folders and the files looked for when neither has any."""
+    for candidate in (root, root / "m2kr"):
+        if datasets_under(candidate, layout):
+            if candidate != root:
+                logger.info("M2KR data found under %s", candidate)
+            return candidate
+    example = next(iter(M2KR_DATASETS.values()))
+    if layout == "ret":
+        files = [p.name for p in example.ret_paths(root)]
+    else:
+        files = [f"{example.config}_data/test-*.parquet", f"{example.config}_passages/test_passages-*.parquet"]
+    raise FileNotFoundError(
+        f"no M2KR sub-dataset in the {layout!r} layout under {root} or {root / 'm2kr'} (looked for the files of "
+        f"each of {list(M2KR_DATASETS)}, e.g. {example.name}: {' and '.join(files)})"
+    )
+
+
 def select_datasets(names: Sequence[str] | None, root: Path, layout: str) -> list[M2KRDataset]:
-    """The named sub-datasets, or (None) every sub-dataset whose files are under `root`."""
+    """The named sub-datasets, or (None) every sub-dataset whose files are under `root` (see `find_data_root`)."""
     if names:
         return [m2kr_dataset(name) for name in names]
-    if layout == "ret":
-        found = [d for d in M2KR_DATASETS.values() if all(p.is_file() for p in d.ret_paths(root))]
-    else:
-        found = [d for d in M2KR_DATASETS.values() if all(d.parquet_paths(root))]
-    if not found:
-        raise FileNotFoundError(f"no M2KR sub-dataset in the {layout!r} layout under {root}")
+    found = datasets_under(root, layout)
     logger.info("evaluating the sub-datasets found under %s: %s", root, [d.name for d in found])
     return found
 
@@ -93,7 +114,8 @@ def evaluate_m2kr(
 
     Args:
         model: saved ReT-2 folder or hub id (loaded with `trust_remote_code`).
-        data_root: folder of the ReT-M2KR jsonl files (`layout="ret"`) or of the M2KR parquet configs ("parquet").
+        data_root: folder of the ReT-M2KR jsonl files (`layout="ret"`) or of the M2KR parquet configs ("parquet"),
+            or the folder above it, as `ret2-synthetic` writes them (M-BEIR under ROOT, M2KR under ROOT/m2kr).
         output_dir: where TREC runs, `results.json`, `results.md` and (by default) the cache go.
         image_root: root of the records' image paths (None: `data_root`, right for ReT-M2KR, whose paths are
             `images/...` relative to its root). A wrong one fails before encoding, naming a record and its path.
@@ -105,7 +127,7 @@ def evaluate_m2kr(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {list(LAYOUTS)}")
-    root, output_dir = Path(data_root), Path(output_dir)
+    root, output_dir = find_data_root(Path(data_root), layout), Path(output_dir)
     image_root = Path(image_root or root)
     options = options or EncodeOptions()
     if options.cache_dir is None:
@@ -151,7 +173,7 @@ def evaluate_m2kr(
             results[dataset.name] = {name: metrics[name] for name in dataset.metric_names}
             write_trec(output_dir / "runs" / f"{dataset.stem}.trec", [q["qid"] for q in queries], pool.ids,
                        indices, scores, run_name)
-        write_report(output_dir, results, results_table(results), model, encoder.fingerprint)
+        write_report(output_dir, results, results_table(results), model, encoder.fingerprint, root)
         logger.info("results written to %s", output_dir)
         return results
     finally:
@@ -161,7 +183,8 @@ def evaluate_m2kr(
 def main(argv: list[str] | None = None) -> dict | None:
     """`ret2-eval-m2kr`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
     parser = ArgumentParser(description=__doc__)
-    add_evaluation_arguments(parser, "folder of the ReT-M2KR jsonl files or M2KR parquet configs")
+    add_evaluation_arguments(parser, "folder of the ReT-M2KR jsonl files or M2KR parquet configs (or the folder "
+                                     "above, as ret2-synthetic writes it: ROOT/m2kr)")
     parser.add_argument("--layout", choices=list(LAYOUTS), default="ret", help="ret: ReT-M2KR jsonl; parquet: M2KR")
     parser.add_argument("--image-root", type=Path,
                         help="root of the image paths in the records (default: DATA_ROOT; ReT-M2KR's paths are "

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ret2.cli import ArgumentParser
+from ret2.data.synthetic import is_generated
 
 import numpy as np
 
@@ -25,13 +26,21 @@ def write_trec(
             )
 
 
-def write_report(output_dir: str | Path, results: dict, table: str, model: str | Path, fingerprint: str) -> None:
-    """`results.json` and `results.md` (`table`) in `output_dir`. `results.json` holds the metrics under their keys
-    and, under "model", the model they were measured on: `{"name_or_path": ..., "fingerprint": ...}`
-    (`ret2.encoding.model_fingerprint`), which `ret2-publish` checks against the model it publishes."""
+def write_report(
+    output_dir: str | Path, results: dict, table: str, model: str | Path, fingerprint: str, data_root: str | Path
+) -> None:
+    """`results.json` and `results.md` (`table`) in `output_dir`. `results.json` holds the metrics under their keys;
+    under "model", the model they were measured on: `{"name_or_path": ..., "fingerprint": ...}`
+    (`ret2.encoding.model_fingerprint`), which `ret2-publish` checks against the model it publishes; under "data", the
+    data: `{"root": ..., "generated": bool}` (written by `ret2.data.synthetic`), which decides whether the model card
+    names the benchmark."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    named = {"model": {"name_or_path": str(model), "fingerprint": fingerprint}, **results}
+    named = {
+        "model": {"name_or_path": str(model), "fingerprint": fingerprint},
+        "data": {"root": str(data_root), "generated": is_generated(data_root)},
+        **results,
+    }  # fmt: skip
     (output_dir / "results.json").write_text(json.dumps(named, indent=2) + "\n", encoding="utf-8")
     (output_dir / "results.md").write_text(table, encoding="utf-8")
 

@@ -275,6 +275,12 @@ class Ret2Encoder(nn.Module):
         return F.normalize(self.projection(state), dim=-1)
 
 
+# The keywords of `save_pretrained(push_to_hub=True)` that `push_to_hub` takes.
+_PUSH_TO_HUB_KEYWORDS = (
+    "commit_message", "commit_description", "private", "token", "revision", "create_pr", "max_shard_size", "tags"
+)
+
+
 class Ret2PreTrainedModel(PreTrainedModel):
     config: Ret2Config
     config_class = Ret2Config
@@ -300,13 +306,18 @@ class Ret2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, Ret2Model):
             init.constant_(module.logit_scale, self.config.logit_scale_init)
 
-    def save_pretrained(self, save_directory: "str | os.PathLike", *args, **kwargs) -> None:
+    def save_pretrained(self, save_directory: "str | os.PathLike", *args, push_to_hub: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the files that make the folder a sentence-transformers model
         (`modules.json`, `config_sentence_transformers.json`; the module's code, `sentence_ret2.py`, is copied with
-        the modeling file)."""
-        super().save_pretrained(save_directory, *args, **kwargs)
+        the modeling file). With `push_to_hub=True` the complete model is uploaded through `push_to_hub` (keywords
+        `repo_id`, default the folder's name, `commit_message`, `private`, `token`, ...): transformers would upload
+        inside `save_pretrained`, before the sentence-transformers files are written."""
+        super().save_pretrained(save_directory, *args, **kwargs)  # without push_to_hub, the Hub keywords are unused
         if kwargs.get("is_main_process", True):
             write_sentence_transformers_files(save_directory)
+            if push_to_hub:
+                hub = {k: v for k, v in kwargs.items() if k in _PUSH_TO_HUB_KEYWORDS}
+                self.push_to_hub(kwargs.get("repo_id", os.path.basename(os.path.normpath(save_directory))), **hub)
 
 
 def build_tower(config: PretrainedConfig) -> PreTrainedModel:

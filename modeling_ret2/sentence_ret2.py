@@ -118,6 +118,16 @@ class Ret2SentenceTransformersModule(nn.Module):
     def get_embedding_dimension(self) -> int:
         return self.model.config.embedding_dim
 
+    @property
+    def max_seq_length(self) -> int:
+        """Texts are cut to this many tokens: the text tower's `max_position_embeddings` (77 for CLIP), or less when
+        set (`st.max_seq_length = 32`, which sets the tokenizer's `model_max_length`, as sentence-transformers does)."""
+        return min(self.processor.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        self.processor.tokenizer.model_max_length = value
+
     def save(self, output_path: str, safe_serialization: bool = True, **kwargs) -> None:
         self.model.save_pretrained(output_path, safe_serialization=safe_serialization)
         self.processor.save_pretrained(output_path)

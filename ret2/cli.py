@@ -28,17 +28,18 @@ def command_name() -> str:
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keeps the description's layout and appends `(default: X)` to every option's help that has a default."""
+    """Keeps the description's layout and appends `(default: X)` to every option's help whose default is not None,
+    0 and False included; a switch (`nargs=0`, off unless given) shows none, an empty list shows `none`."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
         if (
-            "default" in text.lower() or default in (None, False, argparse.SUPPRESS) or action.nargs == 0
+            "default" in text.lower() or default is None or default is argparse.SUPPRESS or action.nargs == 0
             or not action.option_strings
         ):  # fmt: skip
             return text
-        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        shown = (" ".join(map(str, default)) or "none") if isinstance(default, (list, tuple)) else default
         return f"{text} (default: {shown})"
 
 

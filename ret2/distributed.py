@@ -13,6 +13,18 @@ import torch
 import torch.distributed as dist
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on: its affinity mask where the OS has one (as PyTorch's DataLoader counts
+    them), else every core."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_num_workers() -> int:
+    """DataLoader workers by default: 4, or one per available core on a smaller machine (more workers than cores
+    only make PyTorch warn and the workers compete with the model for the cores)."""
+    return min(4, available_cores())
+
+
 @dataclass(frozen=True)
 class Dist:
     """This process's place in a `torchrun` / `accelerate launch` job (rank 0 of 1 when run plainly)."""

@@ -39,7 +39,7 @@ from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
 
 from .data.images import ImageLoader
-from .distributed import Dist, barrier, init_distributed
+from .distributed import Dist, barrier, default_num_workers, init_distributed
 from .search import BACKENDS
 from .jsonl import record_line
 
@@ -404,7 +404,7 @@ class EncodeOptions:
     """
 
     batch_size: int = 64
-    num_workers: int = 4
+    num_workers: int = default_num_workers()
     device: str | None = None
     dtype: str = "float32"
     cache_dir: Path | None = None

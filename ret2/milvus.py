@@ -51,7 +51,8 @@ def _write(client, target: dict, ids: Sequence[str], shards: Sequence[np.ndarray
     name = target["collection"]
     if client.has_collection(name):
         if not overwrite:
-            raise ValueError(f"Milvus collection {name!r} already exists at {target['uri']}; pass overwrite=True")
+            raise ValueError(f"Milvus collection {name!r} already exists at {target['uri']}; pass overwrite=True "
+                             "(ret2-index milvus: --overwrite) to replace it")
         client.drop_collection(name)
     too_long = next((i for i in ids if len(i.encode()) > ID_LENGTH), None)
     if too_long is not None:

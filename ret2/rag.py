@@ -4,14 +4,19 @@ multimodal LLM: this module stops at the prompt string).
 
     from ret2.rag import build_knowledge_base, retrieve, build_prompt
 
-    kb = build_knowledge_base("kb-index", ["data/ReT-M2KR/infoseek_passages_test.jsonl"], model="path/or/hub-id",
-                              image_root="data/ReT-M2KR")               # passages with or without images
+    kb = build_knowledge_base("kb-index", ["data/ReT-M2KR/infoseek_passages_test.jsonl"],  # with or without images
+                              model="runs/demo/seed-42/ret2-model", image_root="data/ReT-M2KR")
     passages = retrieve(kb, "What is this building called?", image="photo.jpg", k=5)
     prompt = build_prompt("What is this building called?", passages)   # hand it, with the image, to any generator
 
 The knowledge base is a `ret2.index.Ret2Index` of ReT-M2KR passage files (`passage_id`, `passage_text`,
 `passage_image_path`: the layout `eval.m2kr` reads and `ret2.data.synthetic.generate_mbeir` writes under `<root>/m2kr`).
-Command line: `python -m ret2.rag KB_FOLDER --question "..." --image photo.jpg -k 5` prints the prompt.
+Command line: the first call builds the knowledge base from the passage files, later calls reuse it; each prints the
+prompt.
+
+    python -m ret2.rag kb-index --passages data/ReT-M2KR/infoseek_passages_test.jsonl \
+        --model runs/demo/seed-42/ret2-model --question "What is this building called?" --image photo.jpg -k 5
+    python -m ret2.rag kb-index --question "Who designed it?" --image photo.jpg
 """
 
 from __future__ import annotations
@@ -63,13 +68,26 @@ def main(argv: list[str] | None = None) -> None:
     from ret2.cli import ArgumentParser
 
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("index", help="the knowledge-base index folder (ret2-index build ... passages.jsonl)")
+    parser.add_argument("index", help="the knowledge-base index folder (built by the first call, with --passages)")
+    parser.add_argument("--passages", nargs="+", metavar="FILE",
+                        help="ReT-M2KR passage files (passage_id, passage_text, passage_image_path) to build the "
+                             "knowledge base from, into the new INDEX folder (needs --model)")  # fmt: skip
+    parser.add_argument("--image-root", help="folder the passages' image paths are relative to (default: the folder "
+                        "of the first passage file, the ReT-M2KR root)")  # fmt: skip
     parser.add_argument("--question", required=True, help="the question")
     parser.add_argument("--image", help="the question's image (a path anywhere on disk)")
     parser.add_argument("-k", "--k", type=int, default=5, help="passages in the prompt")
     parser.add_argument("--model", help="the model (default: the one that built the index)")
     args = parser.parse_args(argv)
-    index = Ret2Index.open(args.index, args.model)
+    if args.image_root and not args.passages:
+        parser.error("--image-root is for --passages (the knowledge base's own image root is stored in it)")
+    if args.passages:
+        if args.model is None:
+            parser.error("--passages builds a new knowledge base: give the model that encodes it with --model")
+        image_root = args.image_root or Path(args.passages[0]).parent
+        index = build_knowledge_base(args.index, args.passages, args.model, image_root)
+    else:
+        index = Ret2Index.open(args.index, args.model)
     print(build_prompt(args.question, retrieve(index, args.question, args.image, args.k)))
 
 

@@ -1,4 +1,7 @@
 import json
+import re
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoConfig
@@ -80,11 +83,26 @@ def test_tables_show_mean_and_std_per_row_and_each_seed():
 
 @pytest.mark.slow
 def test_a_seed_gives_the_same_results_alone_in_process_and_beside_another_in_a_worker(tmp_path):
-    """Each seed runs independently on one torch thread: `--jobs 2` (worker processes) reproduces `--jobs 1`."""
+    """Each seed runs independently on one torch thread: `--jobs 2` (worker processes, started here as the user does,
+    from a new process) reproduces `--jobs 1`. The workers' output goes to their logs, and their progress (stage,
+    model, training step, seed) to the terminal while they run."""
     small = ["--num-train-epochs", "1", "--n-per-task", "4", "--pool-size", "12", "--n-train-per-task", "8",
              "--per-device-train-batch-size", "16", "--batch-size", "32", "--no-baseline"]  # fmt: skip
     alone = main(["--output-dir", str(tmp_path / "alone"), "--seeds", "3", "--jobs", "1", *small])
-    both = main(["--output-dir", str(tmp_path / "both"), "--seeds", "4", "3", "--jobs", "2", *small])
-    assert [run["seed"] for run in both["seeds"]] == [4, 3]
+    run = subprocess.run([sys.executable, "-m", "ret2.demo", "--output-dir", str(tmp_path / "both"), "--seeds", "4",
+                          "3", "--jobs", "2", *small], capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    both = json.loads((tmp_path / "both" / "demo.json").read_text())
+    assert [summary["seed"] for summary in both["seeds"]] == [4, 3]
     assert both["seeds"][1]["results"] == alone["seeds"][0]["results"]
-    assert (tmp_path / "both" / "seed-4" / "log.txt").read_text().count("[seed 4] fine-tuning ret2") == 1
+    steps = 16 * 8 // 16  # 16 rows x 8 training queries, in batches of 16, one epoch
+    for seed in (4, 3):
+        lines = [re.sub(r" \(\d+ s\)$", "", line)  # the seconds since the seed started
+                 for line in run.stderr.splitlines() if line.startswith(f"[seed {seed}]")]  # fmt: skip
+        assert lines[0] == f"[seed {seed}] generating the data in {tmp_path / 'both' / f'seed-{seed}' / 'data'}"
+        assert lines[1] == f"[seed {seed}] fine-tuning ret2"
+        assert [line.split(",")[0] for line in lines[2:-1]] == [
+            f"[seed {seed}] fine-tuning ret2: step {step}/{steps}" for step in (2, 4, 6, 8)]
+        assert lines[-1] == f"[seed {seed}] evaluating ret2 on the local and global pools"
+        log = (tmp_path / "both" / f"seed-{seed}" / "log.txt").read_text()
+        assert log.count(f"[seed {seed}] fine-tuning ret2: step {steps}/{steps}") == 1

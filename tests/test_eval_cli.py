@@ -16,6 +16,7 @@ import torch
 from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
 from ret2.encoding import Embeddings, cache_folder, encode_items, encode_pool, load_pool, model_fingerprint
+from ret2.data.m2kr import M2KR_DATASETS
 from ret2.data.mbeir import EVAL_ROWS, GLOBAL_POOL, load_instructions
 from ret2.jsonl import read_json_lines
 from ret2.data.synthetic import generate_mbeir
@@ -70,6 +71,7 @@ def trec_rankings(path: Path) -> list[tuple[str, str, int]]:
 def test_mbeir_outputs(mbeir_run, model_dir, data):
     results = json.loads((mbeir_run / "results.json").read_text())
     assert results.pop("model") == {"name_or_path": str(model_dir), "fingerprint": model_fingerprint(str(model_dir))}
+    assert results.pop("data") == {"root": str(data), "generated": True}  # ret2.data.synthetic's, not M-BEIR
     assert set(results) == {"local", "global"}
     for pool, rows in results.items():
         assert set(rows) == set(ROWS) | {"average"}
@@ -229,7 +231,8 @@ def test_m2kr_end_to_end(model_dir, data, tmp_path):
     results = m2kr.main(["--model", str(model_dir), "--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path),
                          "--device", "cpu", "--num-workers", "1", "--batch-size", "6"])
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved.pop("model")["fingerprint"] == model_fingerprint(str(model_dir)) and saved == results
+    assert saved.pop("model")["fingerprint"] == model_fingerprint(str(model_dir))
+    assert saved.pop("data") == {"root": str(data / "m2kr"), "generated": True} and saved == results
     assert {name: list(metrics) for name, metrics in results.items()} == {
         "OVEN": ["recall@5"], "InfoSeek": ["recall@5", "pseudo_recall@5"], "E-VQA": ["recall@5", "pseudo_recall@5"],
     }
@@ -237,6 +240,34 @@ def test_m2kr_end_to_end(model_dir, data, tmp_path):
     lines = [line.split() for line in (tmp_path / "runs" / "evqa.trec").read_text().splitlines()]
     assert len(lines) == 4 * 5 and all(len(line) == 6 and line[1] == "Q0" for line in lines)
     assert [int(line[3]) for line in lines[:5]] == [1, 2, 3, 4, 5]
+
+
+def test_m2kr_finds_the_generators_m2kr_folder_from_a_new_process(model_dir, data, tmp_path):
+    """`ret2-synthetic` writes M-BEIR under ROOT and ReT-M2KR under ROOT/m2kr: `ret2-eval-m2kr --data-root ROOT`
+    evaluates ROOT/m2kr (images relative to it) with the same scores as `--data-root ROOT/m2kr`."""
+    common = ["--model", str(model_dir), "--device", "cpu", "--num-workers", "0", "--datasets", "OVEN"]
+    command = Path(sys.executable).parent / "ret2-eval-m2kr"  # the installed command
+    run = subprocess.run([str(command), "--data-root", str(data), "--output-dir", str(tmp_path / "root"), *common],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"M2KR data found under {data / 'm2kr'}" in run.stderr
+    direct = m2kr.main(["--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path / "m2kr"), *common])
+    found = json.loads((tmp_path / "root" / "results.json").read_text())
+    assert found.pop("model")["fingerprint"] == model_fingerprint(str(model_dir))
+    assert found.pop("data") == {"root": str(data / "m2kr"), "generated": True} and found == direct
+
+
+def test_m2kr_without_data_names_both_folders_it_looked_in(tmp_path):
+    (tmp_path / "m2kr").mkdir()
+    command = Path(sys.executable).parent / "ret2-eval-m2kr"
+    run = subprocess.run([str(command), "--model", "unused", "--data-root", str(tmp_path), "--output-dir",
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"ret2-eval-m2kr: error: no M2KR sub-dataset in the 'ret' layout under {tmp_path} or "
+        f"{tmp_path / 'm2kr'} (looked for the files of each of {list(M2KR_DATASETS)}, e.g. WIT: wit_test.jsonl and "
+        "wit_passages_test.jsonl) (rerun with --traceback for the traceback)"
+    )
 
 
 def test_m2kr_wrong_image_root_fails_before_encoding(model_dir, data, tmp_path):

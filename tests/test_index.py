@@ -252,7 +252,7 @@ def test_readme_snippet_runs_as_written(model_dir, photos, tmp_path, monkeypatch
     os.symlink(photos, tmp_path / "photos")
     pattern(77).save(tmp_path / "query.jpg")
     namespace = {}
-    exec(code.replace("path/or/hub-id", model_dir), namespace)
+    exec(code.replace("runs/demo/seed-42/ret2-model", model_dir), namespace)
     assert len(capsys.readouterr().out.splitlines()) == 5 and len(namespace["hits"]) == 5
 
 
@@ -332,3 +332,22 @@ def test_a_mistyped_model_folder_fails_at_once_naming_it(model_dir, photos, tmp_
             check_model_source(local)
     for hub_id in ("openai/clip-vit-base-patch32", "bert-base-uncased", model_dir):
         check_model_source(hub_id)  # Hub ids and existing folders pass
+
+
+def test_cli_names_its_flag_when_a_milvus_collection_exists(model_dir, tmp_path, capsys):
+    """The refusal to replace a collection names the command's flag (`--overwrite`), not only the Python keyword."""
+    pytest.importorskip("milvus_lite")
+    from ret2.cli import run_cli
+    from ret2.index.__main__ import main
+
+    Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=4), model=model_dir, image_root=tmp_path)
+    command = ["milvus", str(tmp_path / "idx"), str(tmp_path / "docs.db"), "--collection", "docs"]
+    main(command)
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(main, command)
+    assert exit_.value.code == 1
+    assert capsys.readouterr().err.strip().endswith(
+        f"error: Milvus collection 'docs' already exists at {tmp_path / 'docs.db'}; pass overwrite=True "
+        "(ret2-index milvus: --overwrite) to replace it (rerun with --traceback for the traceback)")
+    main([*command, "--overwrite"])
+    assert capsys.readouterr().out.strip().endswith(f"written to Milvus collection 'docs' at {tmp_path / 'docs.db'}")

@@ -1,6 +1,8 @@
 """The package layout: what an install claims at top level, one RGB conversion for every image path, the commands."""
 
+import argparse
 import importlib
+import os
 import subprocess
 import sys
 import zipfile
@@ -13,12 +15,20 @@ from conftest import pattern
 from PIL import Image
 
 from ret2.data.images import ImageLoader
+from ret2.distributed import default_num_workers
 
 REPO = Path(__file__).resolve().parents[1]
 TOP_LEVEL = {"ret2", "modeling_ret2", "configuration_ret2"}
 COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.index", "ret2.rag", "ret2.data.synthetic",
-            "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.bench", "ret2.bench.train_tiny",
-            "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw", "ret2.bench.search_index"]  # fmt: skip
+            "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.demo.ablation", "ret2.bench",
+            "ret2.bench.train_tiny", "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw",
+            "ret2.bench.search_index"]  # fmt: skip
+
+
+def command_main(module: str):
+    """The `main` of a command module; a command that is a package runs its `__main__`."""
+    packages = ("ret2.demo", "ret2.bench", "ret2.index")
+    return importlib.import_module(f"{module}.__main__" if module in packages else module).main
 
 
 @pytest.mark.slow
@@ -88,13 +98,57 @@ def test_truncated_image_names_the_file_and_the_record(tmp_path):
 def test_every_command_has_help(module, capsys):
     """`--help` of every command runs and lists `--traceback`; every flag has help text (the shared ArgumentParser
     refuses a flag without one)."""
-    packages = ("ret2.demo", "ret2.bench", "ret2.index")  # commands that are packages run their __main__
-    main = importlib.import_module(f"{module}.__main__" if module in packages else module).main
+    main = command_main(module)
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: ") and "--traceback" in out
+
+
+@pytest.mark.parametrize("module", COMMANDS)
+def test_help_shows_every_default_zero_and_false_included(module, monkeypatch, capsys):
+    """Every option of every command's parsers (sub-commands included) whose default is not None says its default in
+    `--help`: a default of 0 or False is a value to show, not a missing one. Only switches (off unless given) show
+    none."""
+    parsers = []
+    init = argparse.ArgumentParser.__init__
+
+    def recording_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        parsers.append(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", recording_init)
+    main = command_main(module)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    capsys.readouterr()
+    hidden = [
+        (parser.prog, action.option_strings[-1], action.default)
+        for parser in parsers for action in parser._actions
+        if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+        and "default" not in parser._get_formatter()._get_help_string(action).lower()
+    ]  # fmt: skip
+    assert parsers and not hidden
+
+
+@pytest.mark.parametrize(("command", "shown"), [
+    (["ret2-index", "build", "--help"], "DataLoader workers opening images (default: 0)"),
+    (["ret2-index", "train", "--help"], "random seed (default: 0)"),
+    (["ret2-eval-mbeir", "--help"], f"DataLoader workers loading images (default: {default_num_workers()})"),
+])  # fmt: skip
+def test_installed_commands_show_zero_defaults_and_the_workers_the_cores_allow(command, shown):
+    out = subprocess.run([str(Path(sys.executable).parent / command[0]), *command[1:]], capture_output=True, text=True,
+                         env={**os.environ, "COLUMNS": "300"})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert shown in " ".join(out.stdout.split())
+
+
+def test_default_workers_follow_the_cores_this_process_may_use(monkeypatch):
+    """More DataLoader workers than cores only make PyTorch warn ("suggested max number of worker ... is 2")."""
+    for cores, workers in (({0}, 1), ({0, 1}, 2), (set(range(16)), 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, cores=cores: cores)
+        assert default_num_workers() == workers
 
 
 @pytest.mark.parametrize(("command", "usage"), [
@@ -117,3 +171,20 @@ def test_cli_errors_end_in_one_line(tmp_path):
     assert len(lines) == 1 and "unknown task(s) ['no_such_task']" in lines[0] and "Traceback" not in out.stderr
     out = subprocess.run([*command, "--traceback"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_readme_first_screen_reaches_the_installed_commands_and_names_a_model_a_new_user_has():
+    """After the two opening commands, the README says how to put the installed `ret2-*` commands on the PATH
+    (before any of them is used), installs extras from the checkout (the package is not on PyPI), and its examples
+    use the model the demo saves by default, not a placeholder."""
+    from ret2.demo.__main__ import parse_args
+
+    readme = (REPO / "README.md").read_text()
+    activate = readme.index("source .venv/bin/activate")
+    assert readme.index("./run.sh test") < activate < readme.index("## What ReT-2 is")
+    commands = ("ret2-demo", "ret2-train", "ret2-eval-mbeir", "ret2-index")
+    assert activate < min(readme.index(f"{name} ") for name in commands)
+    assert 'pip install "ret2[' not in readme and 'pip install -e ".[milvus]"' in readme
+    args = parse_args([])
+    demo_model = f"{args.output_dir}/seed-{args.seeds[0]}/ret2-model"
+    assert "path/or/hub-id" not in readme and readme.count(demo_model) >= 10

@@ -1,6 +1,9 @@
 """`ret2.rag`: a knowledge base of ReT-M2KR passages (with and without images), a question with an image, the top-k
 passages and the prompt handed to a generator (no generator needed)."""
 
+import subprocess
+import sys
+
 import pytest
 
 from ret2.data.m2kr import read_ret_m2kr_queries
@@ -41,3 +44,25 @@ def test_rag_prompt_from_a_question_with_an_image(m2kr, tmp_path, capsys):
 
     main([str(tmp_path / "kb"), "--question", question, "--image", str(image), "-k", "3"])
     assert capsys.readouterr().out.strip() == prompt
+
+
+def test_rag_command_builds_the_knowledge_base_from_passage_files_with_no_field_flags(m2kr, tmp_path):
+    """`python -m ret2.rag KB --passages FILE... --model M ...` reads ReT-M2KR passage files as they are (no
+    --id-field / --text-field / --image-field; images relative to the files' folder, the ReT-M2KR root), prints the
+    prompt, and a later call without --passages asks the same knowledge base."""
+    files = [m2kr / "oven_passages_test.jsonl", m2kr / "infoseek_passages_test.jsonl"]
+    model, processor = tiny_model_and_processor(words_of([r["text"] for r in passage_records(files)]), seed=0)
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    question, image = "What is this star called?", m2kr / read_ret_m2kr_queries(m2kr / "oven_test.jsonl")[0]["img_path"]
+    ask = [sys.executable, "-m", "ret2.rag", str(tmp_path / "kb"), "--question", question, "--image", str(image), "-k",
+           "3"]  # fmt: skip
+    first = subprocess.run([*ask, "--passages", *map(str, files), "--model", str(tmp_path / "model")],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    kb = build_knowledge_base(tmp_path / "kb-here", files, tmp_path / "model", image_root=m2kr)
+    prompt = build_prompt(question, retrieve(kb, question, image, k=3))
+    assert first.stdout.strip() == prompt
+    again = subprocess.run(ask, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == prompt

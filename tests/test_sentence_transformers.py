@@ -115,3 +115,70 @@ def test_loads_in_clean_process(tiny, images, tmp_path):
         """,
     )
     assert float(out.split("max diff")[-1]) <= 1e-5
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):
+    """The Hub, intercepted at huggingface_hub's boundary (nothing is sent): `HfApi.create_repo` answers as the Hub
+    does, `HfApi.create_commit` copies the files it is handed into a local folder, the repository as the Hub would
+    then hold it, and `ModelCard.load` finds no card yet. Returns that folder."""
+    from huggingface_hub import HfApi, ModelCard
+    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.hf_api import RepoUrl
+
+    repo = tmp_path / "hub-repo"
+
+    def create_repo(self, repo_id, *args, **kwargs):
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def create_commit(self, repo_id, operations, *args, **kwargs):
+        for operation in operations:
+            target = repo / operation.path_in_repo
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(Path(operation.path_or_fileobj).read_bytes())
+
+    def no_card(*args, **kwargs):
+        raise EntryNotFoundError("no README.md in the repository yet")
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    monkeypatch.setattr(ModelCard, "load", no_card)
+    return repo
+
+
+@pytest.mark.parametrize("push", ["save_pretrained", "push_to_hub"])
+def test_the_folder_pushed_to_the_hub_is_a_sentence_transformers_model(push, tiny, images, hub, tmp_path):
+    """The habitual Hub calls (`model.save_pretrained(folder, push_to_hub=True)` or `model.push_to_hub(repo)`, then
+    the processor's) upload the sentence-transformers files too: the repository they make loads in
+    sentence-transformers and encodes like the model. (The real upload is not run: no network in the tests.)"""
+    model, processor = tiny
+    if push == "save_pretrained":
+        folder = str(tmp_path / "ret2-tiny")  # the processor's save_pretrained(push_to_hub=True) takes a str only
+        model.save_pretrained(folder, push_to_hub=True, repo_id="me/ret2-tiny")
+        processor.save_pretrained(folder, push_to_hub=True, repo_id="me/ret2-tiny")
+    else:
+        model.push_to_hub("me/ret2-tiny")
+        processor.push_to_hub("me/ret2-tiny")
+    uploaded = {p.name for p in hub.iterdir()}
+    assert {"modules.json", "config_sentence_transformers.json", "sentence_ret2.py", "modeling_ret2.py",
+            "config.json", "model.safetensors", "processor_config.json"} <= uploaded  # fmt: skip
+    encoder = st.SentenceTransformer(str(hub), trust_remote_code=True, device="cpu")
+    documents = encoder.encode_document(st_inputs(images), convert_to_tensor=True, batch_size=2)
+    torch.testing.assert_close(documents, expected(model, processor, images, "document"), atol=1e-5, rtol=0)
+
+
+def test_max_seq_length_is_the_text_towers_limit_and_truncates_when_set(tiny, tmp_path):
+    """`max_seq_length` reports how many tokens of a text are read (the text tower's positions), not None; set lower,
+    texts are cut there, as the model reads them cut by the processor's `max_length`."""
+    model, processor = tiny
+    encoder = st.SentenceTransformer(str(save(model, processor, tmp_path / "ret2")), trust_remote_code=True,
+                                     device="cpu")  # fmt: skip
+    assert encoder.max_seq_length == model.config.text_config.max_position_embeddings == 64
+    text = " ".join(WORDS * 3)  # 42 words
+    encoder.max_seq_length = 5
+    assert encoder.max_seq_length == 5
+    inputs = processor(text=[text], images=[None], return_tensors="pt", max_length=5)
+    assert inputs["input_ids"].shape[1] == 5
+    with torch.no_grad():
+        expected = model.encode_queries(**inputs)
+    torch.testing.assert_close(encoder.encode_query([text], convert_to_tensor=True), expected, atol=1e-5, rtol=0)

@@ -18,7 +18,9 @@ Usage::
     ret2-synthetic --output-dir DIR --row-pool-size mbeir_webqa_task1_test=100000   # benchmark pool
 
 The same seed gives byte-identical files. Large pools reuse the per-scene image files (at most one PNG
-per scene and dataset), so they stay small on disk.
+per scene and dataset), so they stay small on disk. Each root (and its `m2kr/`) holds `GENERATED_MARKER`: the
+evaluations record that their scores were measured on generated data, and a published model card names no benchmark
+for them.
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ class Scene(NamedTuple):
 SCENES: tuple[Scene, ...] = tuple(Scene(*a) for a in itertools.product(SHAPES, COLORS, POSITIONS, SIZES, BACKGROUNDS))
 _SCENE_ID = {scene: i for i, scene in enumerate(SCENES)}
 _SYLLABLES = ("ka", "lo", "mi", "ru", "te", "zo", "an", "vi", "po", "se", "du", "ne", "ba", "fi")
+
+
+GENERATED_MARKER = "ret2_generated.json"  # in every root this module writes: {"generator": ..., "seed": ...}
+
+
+def is_generated(root: str | Path) -> bool:
+    """Whether `root` was written by this generator (holds `GENERATED_MARKER`), not a copy of the real benchmark."""
+    return (Path(root) / GENERATED_MARKER).is_file()
+
+
+def _write_marker(root: Path, seed: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / GENERATED_MARKER).write_text(json.dumps({"generator": "ret2.data.synthetic", "seed": seed}) + "\n")
 
 
 def entity_name(scene_id: int) -> str:
@@ -413,8 +428,10 @@ def generate_mbeir(
         _write_jsonl(root / TRAIN_POOL, (c for _, _, candidates in train for c in candidates))
         bar.update(pool_size * len(stems))
     _write_instructions(root / INSTRUCTIONS)
+    _write_marker(root, seed)
     if m2kr:
         _write_m2kr(root / "m2kr", splits["test"], n_per_task, pool_size, rng, image_size)
+        _write_marker(root / "m2kr", seed)
     return root
 
 

@@ -13,16 +13,18 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
+from typing import TextIO
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
-from transformers import TrainingArguments, set_seed
+from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser
 from ret2.data.mbeir import EVAL_ROWS
 from ret2.data.synthetic import generate_mbeir
+from ret2.distributed import available_cores
 from ret2.encoding import EncodeOptions
 from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
 from ret2.training.collator import ContrastiveCollator
@@ -60,7 +62,7 @@ def check_run_args(parser: ArgumentParser, args: argparse.Namespace) -> argparse
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
     if args.jobs is None:
-        args.jobs = min(len(args.seeds), os.cpu_count() or 1)
+        args.jobs = min(len(args.seeds), available_cores())
     if args.jobs < 1:
         parser.error(f"--jobs must be a positive integer, got {args.jobs}")
     return args
@@ -104,7 +106,10 @@ def data_arguments(args: argparse.Namespace, data_root: Path) -> DataArguments:
     return DataArguments(data_root=str(data_root), num_hard_negatives=args.num_hard_negatives)
 
 
-def train_baseline(args: argparse.Namespace, seed: int, data_root: Path, ret2_dir: Path, output_dir: Path) -> None:
+def train_baseline(
+    args: argparse.Namespace, seed: int, data_root: Path, ret2_dir: Path, output_dir: Path,
+    callbacks: list[TrainerCallback] | None = None,
+) -> None:
     """The score-fusion model on the towers config ReT-2 was built with, trained by the same Trainer, data and
     arguments; saved to `output_dir` with ReT-2's processor."""
     processor = Ret2Processor.from_pretrained(ret2_dir, trust_remote_code=False)
@@ -120,9 +125,39 @@ def train_baseline(args: argparse.Namespace, seed: int, data_root: Path, ret2_di
         model=model, train_dataset=train_set,
         data_collator=ContrastiveCollator(processor, data_root, args.num_hard_negatives),
         args=TrainingArguments(**training_kwargs(args, seed, output_dir), remove_unused_columns=False),
+        callbacks=callbacks,
     )  # fmt: skip
     trainer.train()
     model.save(output_dir, processor)
+
+
+class Progress:
+    """One seed's progress lines, `[seed N] what (T s)`, T counted from the seed's start: on stdout (the seed's log,
+    in a worker process) and on `terminal` (in a worker, the parent's stderr: its log is not on the screen)."""
+
+    def __init__(self, seed: int, terminal: TextIO | None = None):
+        self.seed, self.terminal, self.start = seed, terminal, time.perf_counter()
+
+    def __call__(self, message: str) -> None:
+        line = f"[seed {self.seed}] {message} ({time.perf_counter() - self.start:.0f} s)"
+        for stream in (sys.stdout, self.terminal):
+            if stream is not None:
+                print(line, file=stream, flush=True)
+
+
+class StepProgress(TrainerCallback):
+    """Reports a training's step at each quarter of its steps and at its last step: `fine-tuning NAME: step 80/320,
+    loss 2.31`."""
+
+    def __init__(self, progress: Progress, name: str):
+        self.progress, self.name = progress, name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(1, state.max_steps // 4)
+        if state.global_step % every == 0 or state.global_step == state.max_steps:
+            losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+            loss = f", loss {losses[-1]:.3f}" if losses else ""
+            self.progress(f"fine-tuning {self.name}: step {state.global_step}/{state.max_steps}{loss}")
 
 
 @contextlib.contextmanager
@@ -136,35 +171,42 @@ def one_torch_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_seed(args: argparse.Namespace, seed: int, out: Path, variants: dict[str, str], baseline: bool) -> dict:
+def run_seed(
+    args: argparse.Namespace, seed: int, out: Path, variants: dict[str, str], baseline: bool,
+    progress: Progress | None = None,
+) -> dict:
     """One seed, independent of any other: generate its data (unless `args.data_root`), train each ReT-2 variant
     (name -> `ModelArguments.config_overrides`; the first is the one the baseline copies its towers config from)
-    and, with `baseline`, the score-fusion model, then evaluate every model on the local and global pools.
+    and, with `baseline`, the score-fusion model, then evaluate every model on the local and global pools. Each stage
+    and each quarter of a training is reported through `progress` (default: on stdout).
 
     Returns {"seed", "results": {name: {"local": ..., "global": ...}}, "chance_local": {stem: hit rate, "average"},
     "seconds"}, also written to `out/results.json`; the models are in `out/<name>-model`, the evaluation runs in
     `out/eval-<name>`."""
     start = time.perf_counter()
+    progress = progress or Progress(seed)
     out.mkdir(parents=True, exist_ok=True)
     with one_torch_thread():
         data_root = args.data_root
         if data_root is None:
+            progress(f"generating the data in {out / 'data'}")
             data_root = generate_mbeir(
                 out / "data", seed=seed, n_per_task=args.n_per_task, pool_size=args.pool_size,
                 n_train_per_task=args.n_train_per_task,
             )  # fmt: skip
-        options = EncodeOptions(batch_size=args.batch_size, num_workers=4)
+        options = EncodeOptions(batch_size=args.batch_size)
         results = {}
         for name, overrides in variants.items():
-            print(f"[seed {seed}] fine-tuning {name}", flush=True)
+            progress(f"fine-tuning {name}")
             model_args = model_arguments(args, overrides)
             training_args = TrainingArguments(**training_kwargs(args, seed, out / f"{name}-model"))
-            train(model_args, data_arguments(args, data_root), training_args)
+            train(model_args, data_arguments(args, data_root), training_args, callbacks=[StepProgress(progress, name)])
         if baseline:
-            print(f"[seed {seed}] fine-tuning the score-fusion baseline (same towers, data and budget)", flush=True)
-            train_baseline(args, seed, data_root, out / f"{next(iter(variants))}-model", out / f"{BASELINE}-model")
+            progress(f"fine-tuning {BASELINE} (the baseline: same towers, data and budget)")
+            train_baseline(args, seed, data_root, out / f"{next(iter(variants))}-model", out / f"{BASELINE}-model",
+                           [StepProgress(progress, BASELINE)])  # fmt: skip
         for name in [*variants, *([BASELINE] if baseline else [])]:
-            print(f"[seed {seed}] evaluating {name} on the local and global pools", flush=True)
+            progress(f"evaluating {name} on the local and global pools")
             model_dir = out / f"{name}-model"
             loaded = ScoreFusionModel.load(model_dir) if name == BASELINE else None
             results[name] = evaluate_mbeir(model_dir, data_root, out / f"eval-{name}", pool="both", options=options,
@@ -179,23 +221,25 @@ def run_seed(args: argparse.Namespace, seed: int, out: Path, variants: dict[str,
 
 
 def _run_seed_in_child(job: tuple) -> dict:
-    """`run_seed` in a worker process (one seed per process), its output going to `out/log.txt`."""
+    """`run_seed` in a worker process (one seed per process), its output going to `out/log.txt` and its progress
+    lines to the parent's stderr too."""
     args, seed, out, variants, baseline = job
     out.mkdir(parents=True, exist_ok=True)
     if "fork" in multiprocessing.get_all_start_methods():
         # A spawned process spawns too; the DataLoaders' workers need fork (their datasets hold local functions).
         multiprocessing.set_start_method("fork", force=True)
-    with open(out / "log.txt", "w", buffering=1) as log:
+    terminal = os.fdopen(os.dup(sys.stderr.fileno()), "w", buffering=1)  # the parent's stderr, before the dup2 below
+    with open(out / "log.txt", "w", buffering=1) as log, terminal:
         for stream in (sys.stdout, sys.stderr):  # the worker's own descriptors: every library's output goes there
             stream.flush()
             os.dup2(log.fileno(), stream.fileno())
-        return run_seed(args, seed, out, variants, baseline)
+        return run_seed(args, seed, out, variants, baseline, Progress(seed, terminal))
 
 
 def run_seeds(args: argparse.Namespace, out: Path, variants: dict[str, str], baseline: bool) -> list[dict]:
     """`run_seed` for each of `args.seeds` into `out/seed-N`, `args.jobs` at a time (in worker processes when more
-    than one: each with one torch thread and its output in `out/seed-N/log.txt`, the Trainer's progress bars off).
-    Results in seed order."""
+    than one: each with one torch thread and its output in `out/seed-N/log.txt`, the Trainer's progress bars off,
+    its progress lines on stderr). Results in seed order."""
     jobs = [(args, seed, out / f"seed-{seed}", variants, baseline) for seed in args.seeds]
     if args.jobs == 1:
         return [run_seed(*job) for job in jobs]

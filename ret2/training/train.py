@@ -32,6 +32,7 @@ from transformers import (
     AutoTokenizer,
     HfArgumentParser,
     PreTrainedConfig,
+    TrainerCallback,
     TrainingArguments,
     set_seed,
 )
@@ -229,12 +230,14 @@ def train(
     data_args: DataArguments,
     training_args: TrainingArguments,
     datasets: tuple[ContrastiveDataset, ContrastiveDataset | None] | None = None,
+    callbacks: list[TrainerCallback] | None = None,
 ) -> ContrastiveTrainer:
     """Train, save the final model and processor to `training_args.output_dir`, evaluate when there is an
     evaluation set. Returns the trainer (its `model` is the trained model).
 
     `datasets`: (train, eval) built elsewhere (e.g. `ret2.training.pairs`) instead of from the data arguments, of
-    which only `image_root` / `data_root`, `num_hard_negatives` then apply."""
+    which only `image_root` / `data_root`, `num_hard_negatives` then apply. `callbacks`: more Trainer callbacks
+    (progress reports, ...)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
         raise ValueError(f"launched as {os.environ['WORLD_SIZE']} processes, but the Trainer is not distributed")
     training_args.remove_unused_columns = False  # the collator reads fields the model does not take
@@ -258,6 +261,7 @@ def train(
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=processor,
+        callbacks=callbacks,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)
