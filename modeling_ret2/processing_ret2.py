@@ -5,6 +5,7 @@ image (`split_input`), image loading (`load_image`), and batches preprocessed on
 decode and preprocess while the model encodes (`Ret2InputBatches`).
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -72,8 +73,25 @@ class Ret2Processor(ProcessorMixin):
     image, and an image without pixels raise an error naming the sample's index.
     """
 
+    if not hasattr(ProcessorMixin, "get_attributes"):  # transformers 4.x; 5.x reads the parts from `__init__`
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
+
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
+
+    def save_pretrained(self, save_directory: "str | os.PathLike", *args, **kwargs):
+        """`ProcessorMixin.save_pretrained`, with a tokenizer class every supported transformers loads: 5.x names a
+        generic fast tokenizer `TokenizersBackend`, which 4.x does not know; `PreTrainedTokenizerFast` loads in both."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        path = Path(save_directory) / "tokenizer_config.json"
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if config.get("tokenizer_class") == "TokenizersBackend":
+                config["tokenizer_class"] = "PreTrainedTokenizerFast"
+                path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return saved
 
     def __call__(
         self,
@@ -114,7 +132,7 @@ class Ret2Processor(ProcessorMixin):
         data = dict(
             self.tokenizer(
                 [t if has else "" for t, has in zip(text, text_mask)],
-                padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                padding=True, truncation=True, max_length=max_length, return_token_type_ids=False, return_tensors="pt",
             )  # fmt: skip
         )
         if any(vision_mask) or pad_missing_images:
