@@ -539,6 +539,7 @@ class Ret2Model(Ret2PreTrainedModel):
         show_progress_bar: bool | None = None,
         convert_to: str = "numpy",
         num_workers: int = 0,
+        image_orientation: str = "upright",
     ) -> "np.ndarray | torch.Tensor":
         """Encode raw queries or documents: texts, images, or both per sample, in one call.
 
@@ -560,6 +561,9 @@ class Ret2Model(Ret2PreTrainedModel):
             convert_to: `"numpy"` (float32 array) or `"torch"` (a tensor on the model's device, in its dtype).
             num_workers: DataLoader worker processes that read and preprocess the next batches while the model
                 encodes (0: in this process).
+            image_orientation: how image files are read: `"upright"` (turned by their EXIF orientation, as a photo
+                viewer shows them) or `"stored"` (as stored, EXIF orientation ignored: the M-BEIR / M2KR benchmarks'
+                protocol). PIL images and arrays are taken as given.
 
         Returns:
             `(N, embedding_dim)`, or `(N, K, embedding_dim)` when `pooling="none"`; L2-normalised.
@@ -579,7 +583,7 @@ class Ret2Model(Ret2PreTrainedModel):
                                                            -len(samples[i][0] or "")))  # fmt: skip
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         loader = torch.utils.data.DataLoader(
-            Ret2InputBatches(processor, samples, batches), batch_size=None, num_workers=num_workers,
+            Ret2InputBatches(processor, samples, batches, image_orientation), batch_size=None, num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         if show_progress_bar is None:

@@ -42,9 +42,11 @@ from ret2.encoding import (
     DTYPES,
     SHARD_SIZE,
     Embeddings,
+    IMAGE_ORIENTATIONS,
     Item,
     Pool,
     cache_folder,
+    check_orientation,
     encode_pool,
     load_model_and_processor,
     load_pool,
@@ -58,7 +60,7 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ret2-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the image orientation rule is in index.json and keys the cache
 APPROXIMATE_FILE = "approximate.faiss"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ENGINES = ("exact", "approximate", "milvus")
@@ -257,6 +259,7 @@ class Ret2Index:
         id_field: str = "id",
         text_field: str = "text",
         image_field: str = "image",
+        image_orientation: str = "upright",
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -270,12 +273,16 @@ class Ret2Index:
             dtype: model dtype while encoding ("float32", "bfloat16", "float16"). device: default CUDA if available.
             num_workers: DataLoader workers opening images.
             id_field, text_field, image_field: the field names of the source.
+            image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "upright"
+                (turned by their EXIF orientation, as `Ret2Model.encode` reads them) or "stored" (EXIF ignored, as
+                the benchmarks read them). Stored in `index.json`: `add` and image queries of `search` use it.
         """
         folder = Path(folder)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
         if not isinstance(shard_size, int) or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        check_orientation(image_orientation)
         records, root = read_records(source, image_root, id_field, text_field, image_field)
         meta_path = folder / INDEX_FILE
         if meta_path.exists():
@@ -293,7 +300,8 @@ class Ret2Index:
                 "format": INDEX_FORMAT, "version": INDEX_VERSION,
                 "model": {"name_or_path": str(model), "fingerprint": fingerprint},
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
-                           "image_root": str(root), "multi_vector": config.get("pooling") == "none"},
+                           "image_root": str(root), "multi_vector": config.get("pooling") == "none",
+                           "image_orientation": image_orientation},
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
@@ -333,6 +341,11 @@ class Ret2Index:
     def image_root(self) -> Path:
         return Path(self.meta["config"]["image_root"])
 
+    @property
+    def image_orientation(self) -> str:
+        """How image files are read (documents and image queries alike), chosen at build: "upright" or "stored"."""
+        return self.meta["config"]["image_orientation"]
+
     def __len__(self) -> int:
         return sum(p["count"] for p in self.meta["parts"] if p["complete"])
 
@@ -350,7 +363,7 @@ class Ret2Index:
     def _cache(self, pool: Pool) -> Path:
         config = self.meta["config"]
         return cache_folder(self.folder / "cache", pool, self.meta["model"]["fingerprint"], DTYPES[config["dtype"]],
-                            config["shard_size"])  # fmt: skip
+                            config["shard_size"], orientation=self.image_orientation)  # fmt: skip
 
     def add(
         self,
@@ -391,7 +404,7 @@ class Ret2Index:
         pool = self._pool(pending)
         config = self.meta["config"]
         encode_pool(self.model, self.processor, pool, self._cache(pool), self.image_root, config["batch_size"],
-                    config["shard_size"], num_workers)  # fmt: skip
+                    config["shard_size"], num_workers, orientation=self.image_orientation)  # fmt: skip
         pending["complete"] = True
         self._embeddings = self._parts = None
         if self._load_approximate() is not None:  # keep the approximate index in step
@@ -436,7 +449,8 @@ class Ret2Index:
         if not queries:
             raise ValueError("no queries to encode")
         batch_size = batch_size or self.meta["config"]["batch_size"]
-        embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size)
+        embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size,
+                                       image_orientation=self.image_orientation)  # fmt: skip
         return embeddings.astype(np.float16)
 
     def search(
@@ -618,6 +632,9 @@ def _parser():
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="documents per cache shard (the resume unit)")
     p.add_argument("--dtype", choices=list(dtypes), default="float32", help="model dtype while encoding")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
+    p.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default="upright",
+                   help="upright: turned by EXIF orientation (default); stored: as the file stores them, as the "
+                        "benchmarks read images (docs/images.md). Kept in the index for add and search")  # fmt: skip
     fields(p)
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
@@ -687,7 +704,8 @@ def main(argv: list[str] | None = None) -> None:
     fields_ = {k: getattr(args, k, None) for k in ("id_field", "text_field", "image_field")}
     if args.command == "build":
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
-                                args.dtype, args.device, args.num_workers, **fields_)  # fmt: skip
+                                args.dtype, args.device, args.num_workers, **fields_,
+                                image_orientation=args.image_orientation)  # fmt: skip
         print(f"{args.folder}: {len(index)} documents")
     elif args.command == "add":
         added = Ret2Index.open(args.folder, args.model, args.device).add(args.source, args.num_workers, **fields_)

@@ -123,9 +123,12 @@ def redact(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
 
 
-def run_in_clean_process(workdir: Path, script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_in_clean_process(
+    workdir: Path, script: str, *args: str, timeout: float = 600, python: str = sys.executable
+) -> subprocess.CompletedProcess:
     """Run `script` (with `sys.argv[1:] == args`) the way a Hub user's Python would: `python -I`, cwd and HOME under
-    `workdir`, a private HF cache, `HF_HUB_OFFLINE=1`, no token, and our packages refused at import."""
+    `workdir`, a private HF cache, `HF_HUB_OFFLINE=1`, no token, and our packages refused at import. `python`: the
+    interpreter (another virtual environment's, e.g. one with another transformers)."""
     workdir = Path(workdir)
     (workdir / "cwd").mkdir(parents=True, exist_ok=True)
     env = {
@@ -136,7 +139,7 @@ def run_in_clean_process(workdir: Path, script: str, *args: str, timeout: float 
         "OMP_NUM_THREADS": "1",
     }
     return subprocess.run(
-        [sys.executable, "-I", "-c", BLOCKER + script, *args], cwd=workdir / "cwd", env=env, capture_output=True,
+        [python, "-I", "-c", BLOCKER + script, *args], cwd=workdir / "cwd", env=env, capture_output=True,
         text=True, timeout=timeout,
     )  # fmt: skip
 
