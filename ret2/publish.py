@@ -32,6 +32,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCardData, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 
+from configuration_ret2.configuration_ret2 import MIN_TRANSFORMERS_VERSION
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser, run_cli
 from ret2.encoding import model_fingerprint
@@ -340,6 +341,10 @@ def model_card(
         "`processing_ret2.py` and `sentence_ret2.py` (sentence-transformers) on your machine. Read them, then pin "
         "`revision` to the commit sha you reviewed (listed "
         "under *Files and versions*) so that later pushes cannot change the code you run.",
+        "",
+        f"Needs `transformers>={MIN_TRANSFORMERS_VERSION}`: the 4.57 line and 5.x (tested: 4.57.6 and 5.24.0, with "
+        "sentence-transformers 5.7 and 6.2); an older transformers stops at import with one line naming both "
+        "versions.",
         "",
         "```python",
         "import torch",

@@ -4,8 +4,9 @@ Each supported line gets its own virtual environment under `.venvs/transformers-
 while it imports): torch pinned as `run.sh` pins it, that transformers, safetensors, pillow, and the
 sentence-transformers version pip picks for that line; never our package. The folder, saved by the package, is
 loaded there with `AutoModel` / `AutoProcessor` (`trust_remote_code=True`) from a cwd where our package is not
-importable, and must give the package's embeddings. Building both environments took about 4.5 minutes on the 2-core
-machine (torch comes from a local wheel); a reused one costs nothing.
+importable, and must give the package's embeddings. Building one environment took about 4 minutes on the 2-core
+machine shared with other jobs (245 s for 5.24.0; torch comes from a local wheel); a reused one costs nothing, and the
+round trip itself takes about 40 s per line.
 """
 
 import json
