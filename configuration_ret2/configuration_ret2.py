@@ -1,12 +1,37 @@
-"""ReT-2 model configuration."""
+"""ReT-2 model configuration.
+
+This file and its siblings travel with every saved model (remote code) and load on transformers 4.57 and newer, 4.x and
+5.x alike: the config is written in the `__init__` style both lines accept.
+"""
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
-from transformers.utils import logging
+import transformers
+
+# The oldest transformers a saved ReT-2 model loads on (4.57.6 and 5.24.0 tested: tests/test_transformers_versions.py).
+MIN_TRANSFORMERS_VERSION = "4.57.0"
+
+
+def check_transformers_version(installed: str) -> None:
+    """Raise one clear ImportError when `installed` (a transformers version string) is older than
+    `MIN_TRANSFORMERS_VERSION`, instead of an ImportError from deep inside the remote code."""
+    def release(version: str) -> tuple[int, ...]:
+        return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+
+    if release(installed) < release(MIN_TRANSFORMERS_VERSION):
+        raise ImportError(
+            f"This ReT-2 model needs transformers >= {MIN_TRANSFORMERS_VERSION}, but transformers {installed} is "
+            f"installed: pip install -U 'transformers>={MIN_TRANSFORMERS_VERSION}'"
+        )
+
+
+check_transformers_version(transformers.__version__)
+
+from transformers import AutoConfig, PretrainedConfig  # noqa: E402  (PretrainedConfig: the name both 4.x and 5.x have)
+from transformers.utils import logging  # noqa: E402
 
 logger = logging.get_logger(__name__)
 
@@ -27,11 +52,20 @@ def default_layer_ids(depth: int, num_taps: int = 3) -> list[int]:
     return sorted({round(depth * (i + 1) / num_taps) - 1 for i in range(num_taps)})
 
 
-def _tower_depth(config: PreTrainedConfig) -> int:
+def _tower_depth(config: PretrainedConfig) -> int:
     depth = getattr(config, "num_hidden_layers", None)
     if depth is None:
         raise ValueError(f"Cannot read the depth (`num_hidden_layers`) of the {type(config).__name__} tower config.")
     return depth
+
+
+def _tower_config(config: dict | PretrainedConfig | None, default_model_type: str) -> PretrainedConfig:
+    """A tower config from a config, a dict (its `model_type` picks the class; default: `default_model_type`) or
+    None (the default tower)."""
+    if isinstance(config, PretrainedConfig):
+        return config
+    config = dict(config or {})
+    return AutoConfig.for_model(config.pop("model_type", default_model_type), **config)
 
 
 def _integer(value: object) -> int | None:
@@ -68,14 +102,14 @@ _KINDS: dict[str, tuple[Callable[[object], object], str]] = {
     "bool": (lambda v: v if isinstance(v, bool) else None, "a bool (True or False)"),
     "str": (lambda v: v if isinstance(v, str) else None, "a str"),
     "layer_ids": (_layer_ids, "a list of ints"),
-    "config": (lambda v: v if isinstance(v, (dict, PreTrainedConfig)) else None, "a dict or a PreTrainedConfig"),
+    "config": (lambda v: v if isinstance(v, (dict, PretrainedConfig)) else None, "a dict or a PretrainedConfig"),
 }
 
 
 @dataclass(frozen=True)
 class FieldRule:
     """What a `Ret2Config` field may hold: its kind (a key of `_KINDS`), optionally a test of the value and the
-    valid values in words, and whether None is allowed (the field is then derived in `__post_init__`)."""
+    valid values in words, and whether None is allowed (the field is then derived in `__init__`)."""
 
     kind: str
     check: Callable[[object], bool] | None = None
@@ -140,16 +174,16 @@ FIELD_RULES: dict[str, FieldRule] = {
 }
 
 
-class Ret2Config(PreTrainedConfig):
+class Ret2Config(PretrainedConfig):
     r"""
     Configuration of a [`Ret2Model`]: a text tower, a vision tower, and the gated recurrent cell that walks over a few
     of their layers and pools its latent state into one embedding.
 
     Args:
-        text_config (`dict` or `PreTrainedConfig`, *optional*):
+        text_config (`dict` or `PretrainedConfig`, *optional*):
             Config of the text tower: any Hugging Face encoder that returns `hidden_states` (CLIP or SigLIP text
             towers, BERT-family encoders). A dict must carry `model_type`. Defaults to a CLIP ViT-B/32 text tower.
-        vision_config (`dict` or `PreTrainedConfig`, *optional*):
+        vision_config (`dict` or `PretrainedConfig`, *optional*):
             Config of the vision tower (CLIP or SigLIP vision towers). Defaults to a CLIP ViT-B/32 vision tower.
         text_layer_ids (`list[int]`, *optional*):
             Tapped text blocks, 0-based into `hidden_states[1:]` (the output of each block). Defaults to three taps,
@@ -225,44 +259,41 @@ class Ret2Config(PreTrainedConfig):
     """
 
     model_type = "ret2"
-    sub_configs_defaults = {
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_text_model"),
-        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
-    }
+    sub_configs = {"text_config": AutoConfig, "vision_config": AutoConfig}
 
-    text_config: dict | PreTrainedConfig | None = None
-    vision_config: dict | PreTrainedConfig | None = None
-    text_layer_ids: list[int] | None = None
-    vision_layer_ids: list[int] | None = None
-    layer_preset: str | None = None
-    hidden_size: int = 1024
-    num_latent_tokens: int = 32
-    num_attention_heads: int | None = None
-    pooling: str = "mean"
-    embedding_dim: int = 768
-    share_encoder: bool = True
-    freeze_text_tower: bool = False
-    freeze_vision_tower: bool = False
-    input_gate_bias_prior: float = 0.0
-    forget_gate_bias_prior: float = 0.0
-    use_tanh: bool = False
-    dropout: float = 0.05
-    attention_dropout: float = 0.05
-    latent_init_std: float = 0.2
-    initializer_range: float = 0.02
-    logit_scale_init: float = 2.6592
-    gated: bool = True
-    recurrent: bool = True
-    skip_missing_modalities: bool = True
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # Every declared field is type- and range-checked as it is set (see FIELD_RULES), as transformers' `@strict`
-        # configs do; ints become floats where a float is expected, and tuples of ints lists.
-        rule = FIELD_RULES.get(name)
-        super().__setattr__(name, value if rule is None else rule.apply(name, value))
-
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+    def __init__(
+        self,
+        text_config: dict | PretrainedConfig | None = None,
+        vision_config: dict | PretrainedConfig | None = None,
+        text_layer_ids: list[int] | None = None,
+        vision_layer_ids: list[int] | None = None,
+        layer_preset: str | None = None,
+        hidden_size: int = 1024,
+        num_latent_tokens: int = 32,
+        num_attention_heads: int | None = None,
+        pooling: str = "mean",
+        embedding_dim: int = 768,
+        share_encoder: bool = True,
+        freeze_text_tower: bool = False,
+        freeze_vision_tower: bool = False,
+        input_gate_bias_prior: float = 0.0,
+        forget_gate_bias_prior: float = 0.0,
+        use_tanh: bool = False,
+        dropout: float = 0.05,
+        attention_dropout: float = 0.05,
+        latent_init_std: float = 0.2,
+        initializer_range: float = 0.02,
+        logit_scale_init: float = 2.6592,
+        gated: bool = True,
+        recurrent: bool = True,
+        skip_missing_modalities: bool = True,
+        **kwargs,
+    ):
+        arguments = locals()
+        for name in FIELD_RULES:  # each checked by __setattr__
+            setattr(self, name, arguments[name])
+        self.text_config = _tower_config(self.text_config, "clip_text_model")
+        self.vision_config = _tower_config(self.vision_config, "clip_vision_model")
         if self.layer_preset is not None:
             text_ids, vision_ids = LAYER_PRESETS[self.layer_preset]
             self.text_layer_ids, self.vision_layer_ids = list(text_ids), list(vision_ids)
@@ -272,7 +303,14 @@ class Ret2Config(PreTrainedConfig):
             self.vision_layer_ids = default_layer_ids(_tower_depth(self.vision_config))
         if self.num_attention_heads is None:
             self.num_attention_heads = max(1, self.hidden_size // 64)
+        super().__init__(**kwargs)
         self._validate()
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every declared field is type- and range-checked as it is set (see FIELD_RULES), as transformers' `@strict`
+        # configs do; ints become floats where a float is expected, and tuples of ints lists.
+        rule = FIELD_RULES.get(name)
+        super().__setattr__(name, value if rule is None else rule.apply(name, value))
 
     def _validate(self) -> None:
         for name, tower in (("text_layer_ids", self.text_config), ("vision_layer_ids", self.vision_config)):

@@ -19,12 +19,16 @@ import torch.nn.functional as F
 from torch import nn
 import transformers
 from transformers import AutoConfig, AutoModel, AutoProcessor, PretrainedConfig, PreTrainedModel
-from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput, logging
 
 from .configuration_ret2 import Ret2Config
+
+try:  # transformers 5.x: init functions that skip weights already loaded from a checkpoint
+    from transformers import initialization as init
+except ImportError:  # transformers 4.x only initialises the modules whose weights are missing
+    from torch.nn import init
 from .processing_ret2 import Ret2InputBatches, Ret2Processor, split_input
 from .sentence_ret2 import write_sentence_transformers_files
 
@@ -125,7 +129,13 @@ class Ret2Attention(nn.Module):
         v = self._split_heads(self.v_proj(keys_values))  # (B, h, N, d)
         q = q.expand(k.shape[0], -1, -1, -1)  # shared queries (the first step's) are projected once, then broadcast
         mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]  # (B, 1, 1, N)
-        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        # Spelled as each transformers line expects (its `set_attn_implementation` checks this file's text for it).
+        if hasattr(ALL_ATTENTION_FUNCTIONS, "get_interface"):  # transformers 5.x
+            attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        elif self.config._attn_implementation == "eager":  # transformers 4.x
+            attention = eager_attention_forward
+        else:
+            attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
         dropout = self.config.attention_dropout if self.training else 0.0
         out, _ = attention(self, q, k, v, mask, dropout=dropout, scaling=self.head_dim**-0.5)  # (B, K, h, d)
         return self.out_proj(out.flatten(2))  # (B, K, H)
@@ -295,7 +305,8 @@ class Ret2PreTrainedModel(PreTrainedModel):
         # The towers are PreTrainedModels: transformers dispatches their modules to their own `_init_weights`.
         if isinstance(module, Ret2RecurrentCell):
             init.normal_(module.latent_tokens, std=self.config.latent_init_std)
-            init.copy_(module.position_table, sinusoidal_table(*module.position_table.shape[1:])[None])
+            with torch.no_grad():  # derived, never loaded: always (re)computed
+                module.position_table.copy_(sinusoidal_table(*module.position_table.shape[1:])[None])
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, std=self.config.initializer_range)
             if module.bias is not None:
@@ -305,6 +316,16 @@ class Ret2PreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, Ret2Model):
             init.constant_(module.logit_scale, self.config.logit_scale_init)
+
+    def _fix_state_dict_key_on_load(self, key: str) -> tuple[str, bool]:
+        """transformers 4.x only (5.x never calls it): a checkpoint saved by 5.x stores a CLIP / SigLIP tower flat
+        (`text_model.embeddings.*`) where 4.x builds it nested (`text_model.text_model.embeddings.*`)."""
+        key, renamed = super()._fix_state_dict_key_on_load(key)
+        for tower in ("text_model", "vision_model"):
+            nested = isinstance(getattr(getattr(self, tower, None), tower, None), nn.Module)
+            if nested and key.startswith(f"{tower}.") and not key.startswith(f"{tower}.{tower}."):
+                return f"{tower}.{key}", True
+        return key, renamed
 
     def save_pretrained(self, save_directory: "str | os.PathLike", *args, push_to_hub: bool = False, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the files that make the folder a sentence-transformers model
@@ -529,6 +550,7 @@ class Ret2Model(Ret2PreTrainedModel):
         show_progress_bar: bool | None = None,
         convert_to: str = "numpy",
         num_workers: int = 0,
+        image_orientation: str = "upright",
     ) -> "np.ndarray | torch.Tensor":
         """Encode raw queries or documents: texts, images, or both per sample, in one call.
 
@@ -550,6 +572,9 @@ class Ret2Model(Ret2PreTrainedModel):
             convert_to: `"numpy"` (float32 array) or `"torch"` (a tensor on the model's device, in its dtype).
             num_workers: DataLoader worker processes that read and preprocess the next batches while the model
                 encodes (0: in this process).
+            image_orientation: how image files are read: `"upright"` (turned by their EXIF orientation, as a photo
+                viewer shows them) or `"stored"` (as stored, EXIF orientation ignored: the M-BEIR / M2KR benchmarks'
+                protocol). PIL images and arrays are taken as given.
 
         Returns:
             `(N, embedding_dim)`, or `(N, K, embedding_dim)` when `pooling="none"`; L2-normalised.
@@ -569,7 +594,7 @@ class Ret2Model(Ret2PreTrainedModel):
                                                            -len(samples[i][0] or "")))  # fmt: skip
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         loader = torch.utils.data.DataLoader(
-            Ret2InputBatches(processor, samples, batches), batch_size=None, num_workers=num_workers,
+            Ret2InputBatches(processor, samples, batches, image_orientation), batch_size=None, num_workers=num_workers,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
         if show_progress_bar is None:

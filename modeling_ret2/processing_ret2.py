@@ -5,6 +5,7 @@ image (`split_input`), image loading (`load_image`), and batches preprocessed on
 decode and preprocess while the model encodes (`Ret2InputBatches`).
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -15,6 +16,19 @@ from transformers import BatchFeature, ProcessorMixin
 
 # The image file extensions sentence-transformers reads a string as an image path for (with the file existing).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
+
+# How the pixels of an image file are read (docs/images.md). "stored": as the file stores them, EXIF orientation not
+# applied, as the M-BEIR and M2KR benchmarks (UniIR, ReT) read their images; evaluation and training on them use it.
+# "upright": turned by the file's EXIF orientation, as a photo viewer shows it; `Ret2Model.encode`, the index and
+# anything serving user images use it.
+IMAGE_ORIENTATIONS = ("stored", "upright")
+
+
+def check_orientation(orientation: str) -> str:
+    """`orientation` if it is one of `IMAGE_ORIENTATIONS`, else a ValueError naming it and the valid ones."""
+    if orientation not in IMAGE_ORIENTATIONS:
+        raise ValueError(f"image orientation {orientation!r} is not valid; valid: {list(IMAGE_ORIENTATIONS)}.")
+    return orientation
 
 
 def to_rgb(image: "Image.Image | np.ndarray") -> Image.Image:
@@ -72,8 +86,25 @@ class Ret2Processor(ProcessorMixin):
     image, and an image without pixels raise an error naming the sample's index.
     """
 
+    if not hasattr(ProcessorMixin, "get_attributes"):  # transformers 4.x; 5.x reads the parts from `__init__`
+        attributes = ["image_processor", "tokenizer"]
+        image_processor_class = "AutoImageProcessor"
+        tokenizer_class = "AutoTokenizer"
+
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
+
+    def save_pretrained(self, save_directory: "str | os.PathLike", *args, **kwargs):
+        """`ProcessorMixin.save_pretrained`, with a tokenizer class every supported transformers loads: 5.x names a
+        generic fast tokenizer `TokenizersBackend`, which 4.x does not know; `PreTrainedTokenizerFast` loads in both."""
+        saved = super().save_pretrained(save_directory, *args, **kwargs)
+        path = Path(save_directory) / "tokenizer_config.json"
+        if path.is_file():
+            config = json.loads(path.read_text(encoding="utf-8"))
+            if config.get("tokenizer_class") == "TokenizersBackend":
+                config["tokenizer_class"] = "PreTrainedTokenizerFast"
+                path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        return saved
 
     def __call__(
         self,
@@ -114,7 +145,7 @@ class Ret2Processor(ProcessorMixin):
         data = dict(
             self.tokenizer(
                 [t if has else "" for t, has in zip(text, text_mask)],
-                padding=True, truncation=True, max_length=max_length, return_tensors="pt",
+                padding=True, truncation=True, max_length=max_length, return_token_type_ids=False, return_tensors="pt",
             )  # fmt: skip
         )
         if any(vision_mask) or pad_missing_images:
@@ -180,23 +211,34 @@ def split_input(item: object, detect_image_paths: bool = False) -> tuple[str | N
     return text, image
 
 
-def load_image(source: "str | os.PathLike | Image.Image | np.ndarray") -> "Image.Image | np.ndarray":
-    """An image given as a local file path is opened, read and turned upright (EXIF orientation); a PIL image or an
-    array is returned as is (the processor converts every mode to RGB)."""
+def load_image(
+    source: "str | os.PathLike | Image.Image | np.ndarray", orientation: str = "upright"
+) -> "Image.Image | np.ndarray":
+    """An image given as a local file path is opened and read, turned upright by its EXIF orientation or not
+    (`orientation`, one of `IMAGE_ORIENTATIONS`); a PIL image or an array is returned as is (the processor converts
+    every mode to RGB)."""
+    check_orientation(orientation)
     if not isinstance(source, (str, os.PathLike)):
         return source
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"Image file {str(path)!r} does not exist (URLs are not fetched: download first).")
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image)  # a loaded copy, upright
+    with Image.open(path) as image:  # both return a loaded copy: the file closes here
+        return ImageOps.exif_transpose(image) if orientation == "upright" else image.copy()
 
 
 class Ret2InputBatches(torch.utils.data.Dataset):
     """Batches of raw samples, each loaded and preprocessed when it is accessed (in a DataLoader worker when the
-    loader has workers). Item `i` is the processor's output for the samples `batches[i]`."""
+    loader has workers). Item `i` is the processor's output for the samples `batches[i]`; image files are read with
+    `orientation` (see `IMAGE_ORIENTATIONS`)."""
 
-    def __init__(self, processor: "Ret2Processor", samples: list[tuple[str | None, object | None]], batches: list):
+    def __init__(
+        self,
+        processor: "Ret2Processor",
+        samples: list[tuple[str | None, object | None]],
+        batches: list,
+        orientation: str = "upright",
+    ):
         # `Image.open` reads pixels on first use; read them here: forked workers would share the open file's position.
         for _, image in samples:
             if isinstance(image, Image.Image):
@@ -204,14 +246,18 @@ class Ret2InputBatches(torch.utils.data.Dataset):
         self.processor = processor
         self.samples = samples
         self.batches = batches
+        self.orientation = check_orientation(orientation)
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         texts, images = zip(*(self.samples[j] for j in self.batches[i]))
-        images = [None if image is None else load_image(image) for image in images]
+        images = [None if image is None else load_image(image, self.orientation) for image in images]
         return dict(self.processor(text=list(texts), images=images, return_tensors="pt"))
 
 
-__all__ = ["Ret2InputBatches", "Ret2Processor", "is_image_file", "load_image", "split_input", "to_rgb"]
+__all__ = [
+    "IMAGE_ORIENTATIONS", "Ret2InputBatches", "Ret2Processor", "check_orientation", "is_image_file", "load_image",
+    "split_input", "to_rgb",
+]  # fmt: skip

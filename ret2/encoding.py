@@ -9,8 +9,10 @@ Cache layout (one folder per pool and key)::
     <cache_dir>/<pool name>/<key>/shard-00000.json         the shard's manifest: row count, shape, bytes of the .npy
 
 The key hashes the model's files (`model_fingerprint`), the dtype, the pool's content (a digest where the caller
-has one, else its files' sizes and mtimes) and the shard size. A shard holds a fixed number of items (`shard_size`,
-not a number of batches), so the cache does not depend on the batch size. Each file is written to a temporary file and renamed, the manifest last; a shard is reused only if its
+has one, else its files' sizes and mtimes), the shard size and the image orientation rule (`IMAGE_ORIENTATIONS`:
+embeddings of one rule are never reused for the other). A shard holds a fixed number of items (`shard_size`, not a
+number of batches), so the cache does not depend on the batch size. Each file is written to a temporary file and
+renamed, the manifest last; a shard is reused only if its
 manifest exists and its files match it (row count, shape, byte size), else it is re-encoded with a warning (a disk
 that filled up, a machine that died mid-write). So an interrupted run resumes from the last completed shard. Under
 `torchrun` every rank encodes a contiguous range of each pool's shards.
@@ -38,7 +40,7 @@ from tqdm import tqdm
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
 
-from .data.images import ImageLoader
+from .data.images import IMAGE_ORIENTATIONS, ImageLoader, check_orientation
 from .distributed import Dist, barrier, default_num_workers, init_distributed
 from .search import BACKENDS
 from .jsonl import record_line
@@ -178,10 +180,14 @@ def model_fingerprint(name_or_path: str) -> str:
 
 
 class _Batches(torch.utils.data.Dataset):
-    """Element j is batch j (a range of items) loaded, its images opened, and processed: a DataLoader worker's job."""
+    """Element j is batch j (a range of items) loaded, its images opened with `orientation`, and processed: a
+    DataLoader worker's job."""
 
-    def __init__(self, load: ItemLoader, ranges: Sequence[tuple[int, int]], processor, image_root: str | Path):
-        self.load, self.ranges, self.processor, self.images = load, ranges, processor, ImageLoader(image_root)
+    def __init__(
+        self, load: ItemLoader, ranges: Sequence[tuple[int, int]], processor, image_root: str | Path, orientation: str
+    ):
+        self.load, self.ranges, self.processor = load, ranges, processor
+        self.images = ImageLoader(image_root, orientation)
 
     def __len__(self) -> int:
         return len(self.ranges)
@@ -212,14 +218,15 @@ def _encode_batches(
     image_root: str | Path,
     side: str,
     num_workers: int,
+    orientation: str,
 ) -> Iterator[np.ndarray]:
-    """fp16 embeddings of each range of items, in order."""
+    """fp16 embeddings of each range of items, in order; image files read with `orientation`."""
     if side not in SIDES:
         raise ValueError(f"side {side!r} is not one of {list(SIDES)}")
     encode = model.encode_queries if side == "query" else model.encode_documents
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
-        _Batches(load, ranges, processor, image_root), batch_size=None, num_workers=num_workers,
+        _Batches(load, ranges, processor, image_root, orientation), batch_size=None, num_workers=num_workers,
         collate_fn=_no_collate,
     )  # fmt: skip
     with torch.inference_mode():
@@ -240,18 +247,22 @@ def encode_items(
     batch_size: int = 64,
     num_workers: int = 0,
     desc: str = "encode",
+    *,
+    orientation: str,
 ) -> np.ndarray:
     """fp16 embeddings, (N, D) or (N, K, D), of items held in memory, without cache (queries).
 
-    `side` is "query" or "document". A missing image raises FileNotFoundError naming the record's file and line,
-    the image path and the record id.
+    `side` is "query" or "document"; `orientation` how image files are read (one of `IMAGE_ORIENTATIONS`). A missing
+    image raises FileNotFoundError naming the record's file and line, the image path and the record id.
     """
     if not items:
         raise ValueError(f"{desc}: nothing to encode")
     out = []
     with tqdm(total=len(items), desc=desc, unit="item") as bar:
         batches = _ranges(0, len(items), batch_size)
-        for embeddings in _encode_batches(model, processor, ItemList(items), batches, image_root, side, num_workers):
+        for embeddings in _encode_batches(
+            model, processor, ItemList(items), batches, image_root, side, num_workers, orientation
+        ):
             out.append(embeddings)
             bar.update(len(embeddings))
     return np.concatenate(out)
@@ -260,17 +271,20 @@ def encode_items(
 # ----------------------------------------------------------------------------- the shard cache
 
 
-def cache_folder(cache_dir: str | Path, pool: Pool, fingerprint: str, dtype: torch.dtype, shard_size: int) -> Path:
+def cache_folder(
+    cache_dir: str | Path, pool: Pool, fingerprint: str, dtype: torch.dtype, shard_size: int, *, orientation: str
+) -> Path:
     """`<cache_dir>/<pool name>/<key>`, created, where the key hashes everything the cached embeddings depend on:
     the model's fingerprint, the dtype, the pool's content (`Pool.digest`, else its files' sizes and mtimes), the
-    shard size and `CACHE_VERSION`. Its `meta.json` spells the key out (every rank writes the same file)."""
+    shard size, the image orientation rule and `CACHE_VERSION`. Its `meta.json` spells the key out (every rank
+    writes the same file)."""
     content = (
         {"digest": pool.digest} if pool.digest is not None
         else {"files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in pool.files]}
     )  # fmt: skip
     key = {
         "version": CACHE_VERSION, "model_fingerprint": fingerprint, "dtype": str(dtype), "shard_size": shard_size,
-        "count": len(pool.ids), **content,
+        "count": len(pool.ids), "image_orientation": check_orientation(orientation), **content,
     }  # fmt: skip
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_dir) / pool.name / digest
@@ -330,9 +344,12 @@ def encode_pool(
     rank: int = 0,
     world_size: int = 1,
     on_shard: Callable[[int], None] | None = None,
+    *,
+    orientation: str,
 ) -> None:
-    """Encode this rank's shards of `pool` (documents side) into `folder` (from `cache_folder`), skipping shards
-    already there. Rank r of `world_size` takes the contiguous shards [r * S / W, (r + 1) * S / W) of the S shards.
+    """Encode this rank's shards of `pool` (documents side) into `folder` (from `cache_folder` with the same
+    `orientation`), skipping shards already there. Rank r of `world_size` takes the contiguous shards
+    [r * S / W, (r + 1) * S / W) of the S shards.
     `on_shard(i)` is called after shard i is written (progress hooks, tests)."""
     folder = Path(folder)
     num_shards = _num_shards(pool, shard_size)
@@ -352,7 +369,7 @@ def encode_pool(
     ranges = [r for s in todo for r in _ranges(*bounds[s], batch_size)]  # batches never straddle two shards
     total = sum(stop - start for start, stop in bounds.values())
     desc = f"encode {pool.name}" + (f" (rank {rank})" if world_size > 1 else "")
-    batches = _encode_batches(model, processor, pool.load, ranges, image_root, "document", num_workers)
+    batches = _encode_batches(model, processor, pool.load, ranges, image_root, "document", num_workers, orientation)
     with tqdm(total=total, desc=desc, unit="cand", disable=rank != 0) as bar:
         for shard in todo:
             start, stop = bounds[shard]
@@ -401,6 +418,8 @@ class EncodeOptions:
         cache_dir: where pool embeddings are cached (None: `<output dir>/cache`).
         shard_size: items per cache shard, the unit of resuming and of the split between ranks.
         search_backend: "auto" (torch on GPU, FAISS on CPU), "faiss" or "torch".
+        image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "stored" (EXIF
+            orientation not applied), the M-BEIR / M2KR protocol, or "upright" (EXIF applied). Part of the cache key.
     """
 
     batch_size: int = 64
@@ -410,6 +429,7 @@ class EncodeOptions:
     cache_dir: Path | None = None
     shard_size: int = SHARD_SIZE
     search_backend: str = "auto"
+    image_orientation: str = "stored"
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size"):
@@ -422,6 +442,7 @@ class EncodeOptions:
             raise ValueError(f"dtype {self.dtype!r} is not one of {list(DTYPES)}")
         if self.search_backend not in BACKENDS:
             raise ValueError(f"search_backend {self.search_backend!r} is not one of {list(BACKENDS)}")
+        check_orientation(self.image_orientation)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -434,6 +455,9 @@ class EncodeOptions:
         parser.add_argument("--dtype", choices=list(DTYPES), default=cls.dtype, help="model dtype while encoding")
         parser.add_argument("--search-backend", choices=list(BACKENDS), default=cls.search_backend,
                             help="auto: torch on GPU, FAISS on CPU when installed")
+        parser.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default=cls.image_orientation,
+                            help="stored: EXIF orientation not applied, as the benchmarks read images (default); "
+                                 "upright: turned by EXIF orientation (docs/images.md)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EncodeOptions:
@@ -476,10 +500,12 @@ class Encoder:
         folders = {}
         for pool in pools:
             folders[pool.name] = cache_folder(
-                options.cache_dir, pool, self.fingerprint, DTYPES[options.dtype], options.shard_size
-            )
+                options.cache_dir, pool, self.fingerprint, DTYPES[options.dtype], options.shard_size,
+                orientation=options.image_orientation,
+            )  # fmt: skip
             encode_pool(self.model, self.processor, pool, folders[pool.name], image_root, options.batch_size,
-                        options.shard_size, options.num_workers, self.job.rank, self.job.world_size)  # fmt: skip
+                        options.shard_size, options.num_workers, self.job.rank, self.job.world_size,
+                        orientation=options.image_orientation)  # fmt: skip
         barrier(self.job)
         if not self.job.is_main:
             return None
@@ -487,4 +513,4 @@ class Encoder:
 
     def queries(self, items: Sequence[Item], image_root: str | Path, desc: str) -> np.ndarray:
         return encode_items(self.model, self.processor, items, image_root, "query", self.options.batch_size,
-                            self.options.num_workers, desc)  # fmt: skip
+                            self.options.num_workers, desc, orientation=self.options.image_orientation)  # fmt: skip

@@ -32,6 +32,7 @@ from huggingface_hub import CommitInfo, HfApi, ModelCardData, get_token
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 
+from configuration_ret2.configuration_ret2 import MIN_TRANSFORMERS_VERSION
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser, run_cli
 from ret2.encoding import model_fingerprint
@@ -123,9 +124,12 @@ def redact(text: str) -> str:
     return re.sub(r"hf_[A-Za-z0-9]{8,}", "hf_***", text)
 
 
-def run_in_clean_process(workdir: Path, script: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_in_clean_process(
+    workdir: Path, script: str, *args: str, timeout: float = 600, python: str = sys.executable
+) -> subprocess.CompletedProcess:
     """Run `script` (with `sys.argv[1:] == args`) the way a Hub user's Python would: `python -I`, cwd and HOME under
-    `workdir`, a private HF cache, `HF_HUB_OFFLINE=1`, no token, and our packages refused at import."""
+    `workdir`, a private HF cache, `HF_HUB_OFFLINE=1`, no token, and our packages refused at import. `python`: the
+    interpreter (another virtual environment's, e.g. one with another transformers)."""
     workdir = Path(workdir)
     (workdir / "cwd").mkdir(parents=True, exist_ok=True)
     env = {
@@ -136,7 +140,7 @@ def run_in_clean_process(workdir: Path, script: str, *args: str, timeout: float 
         "OMP_NUM_THREADS": "1",
     }
     return subprocess.run(
-        [sys.executable, "-I", "-c", BLOCKER + script, *args], cwd=workdir / "cwd", env=env, capture_output=True,
+        [python, "-I", "-c", BLOCKER + script, *args], cwd=workdir / "cwd", env=env, capture_output=True,
         text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -367,6 +371,10 @@ def model_card(
         "`processing_ret2.py` and `sentence_ret2.py` (sentence-transformers) on your machine. Read them, then pin "
         "`revision` to the commit sha you reviewed (listed "
         "under *Files and versions*) so that later pushes cannot change the code you run.",
+        "",
+        f"Needs `transformers>={MIN_TRANSFORMERS_VERSION}`: the 4.57 line and 5.x (tested: 4.57.6 and 5.24.0, with "
+        "sentence-transformers 5.7 and 6.2); an older transformers stops at import with one line naming both "
+        "versions.",
         "",
         "```python",
         "import torch",

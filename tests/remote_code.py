@@ -6,6 +6,7 @@ import hook that refuses our packages (they are installed in editable mode here,
 importable and hide a broken remote-code folder).
 """
 
+import sys
 import textwrap
 from pathlib import Path
 
@@ -22,9 +23,10 @@ except ModuleNotFoundError:
 """
 
 
-def load_in_clean_process(workdir: Path, script: str, timeout: int = 300) -> str:
-    """Run `script` (dedented) in a clean process; returns its stdout, raises AssertionError if it fails."""
-    result = run_in_clean_process(workdir, GUARD + textwrap.dedent(script), timeout=timeout)
+def load_in_clean_process(workdir: Path, script: str, *args: str, timeout: int = 300, python: str = sys.executable) -> str:
+    """Run `script` (dedented, `sys.argv[1:] == args`) in a clean process of `python` (default: this interpreter);
+    returns its stdout, raises AssertionError if it fails."""
+    result = run_in_clean_process(workdir, GUARD + textwrap.dedent(script), *args, timeout=timeout, python=python)
     if result.returncode != 0:
         raise AssertionError(f"clean process failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout

@@ -111,11 +111,12 @@ def test_global_pool_is_the_union_of_the_local_caches(mbeir_run, model_dir, data
     model, processor = encode.load_model_and_processor(str(model_dir))
     pools = [mbeir.candidate_pool(row, data, cache) for row in EVAL_ROWS]
     fingerprint = model_fingerprint(str(model_dir))
-    union = Embeddings.concat([load_pool(p, cache_folder(cache, p, fingerprint, torch.float32, 5), 5) for p in pools])
+    folders = [cache_folder(cache, p, fingerprint, torch.float32, 5, orientation="stored") for p in pools]
+    union = Embeddings.concat([load_pool(p, folder, 5) for p, folder in zip(pools, folders)])
     row = ROWS["mbeir_oven_task8_test"]
     items, _ = mbeir.read_row_queries(row, data, load_instructions(data / "instructions/query_instructions.tsv"),
                                       None, cache, set(union.ids))
-    queries = encode_items(model, processor, items, data, batch_size=4)
+    queries = encode_items(model, processor, items, data, batch_size=4, orientation="stored")
     scores = torch.from_numpy(queries).double() @ torch.from_numpy(np.concatenate(union.shards)).double().T
     expected = scores.sort(dim=1, descending=True, stable=True).indices[:, : max(row.ks)]
     ranked = [did for _, did, _ in trec_rankings(mbeir_run / "runs" / "global" / f"{row.query_stem}.trec")]
@@ -155,9 +156,9 @@ def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path)
     fingerprint = model_fingerprint(str(model_dir))
 
     def folder(name):
-        return cache_folder(tmp_path / name, pool, fingerprint, torch.float32, 3)
+        return cache_folder(tmp_path / name, pool, fingerprint, torch.float32, 3, orientation="stored")
 
-    encode_pool(model, processor, pool, folder("full"), data, batch_size=2, shard_size=3)
+    encode_pool(model, processor, pool, folder("full"), data, batch_size=2, shard_size=3, orientation="stored")
     written = []
 
     def crash_after_two(shard):
@@ -166,9 +167,11 @@ def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3, on_shard=crash_after_two)
+        encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3,
+                    on_shard=crash_after_two, orientation="stored")
     written.clear()
-    encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3, on_shard=written.append)
+    encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3, on_shard=written.append,
+                orientation="stored")
     assert written == [2, 3, 4, 5]
     full, resumed = load_pool(pool, folder("full"), 3), load_pool(pool, folder("resumed"), 3)
     assert resumed.ids == full.ids == pool.ids
@@ -197,12 +200,15 @@ def test_sharded_ranks_fill_the_same_cache(model_dir, data, tmp_path):
     model, processor = encode.load_model_and_processor(str(model_dir))
     pool = mbeir.candidate_pool(ROWS["mbeir_webqa_task1_test"], data, tmp_path)
     fingerprint = model_fingerprint(str(model_dir))
-    alone, split = (cache_folder(tmp_path / name, pool, fingerprint, torch.float32, 3) for name in ("alone", "split"))
-    encode_pool(model, processor, pool, alone, data, batch_size=3, shard_size=3)
+    alone, split = (
+        cache_folder(tmp_path / name, pool, fingerprint, torch.float32, 3, orientation="stored")
+        for name in ("alone", "split")
+    )
+    encode_pool(model, processor, pool, alone, data, batch_size=3, shard_size=3, orientation="stored")
     by_rank = {0: [], 1: []}
     for rank in (0, 1):
         encode_pool(model, processor, pool, split, data, batch_size=3, shard_size=3, rank=rank, world_size=2,
-                    on_shard=by_rank[rank].append)
+                    on_shard=by_rank[rank].append, orientation="stored")
     assert by_rank == {0: [0, 1, 2], 1: [3, 4, 5]}
     np.testing.assert_array_equal(np.concatenate(load_pool(pool, split, 3).shards),
                                   np.concatenate(load_pool(pool, alone, 3).shards))

@@ -72,18 +72,20 @@ def test_one_rgb_conversion_for_the_loader_and_the_processor(tmp_path, tiny, mod
 
 
 def test_exif_rotated_file_gets_the_same_pixels_through_the_loader_and_encode(tmp_path, tiny):
-    """A phone photo stored sideways with an EXIF orientation: the dataset / index loader and `Ret2Model.encode`'s
-    loader both turn it upright, so a document indexed from disk matches the same file given as a query."""
+    """A phone photo stored sideways with an EXIF orientation: with the same rule, the dataset / index loader and
+    `Ret2Model.encode`'s loader read the same pixels, so a document indexed from disk (upright) matches the same file
+    given as a query (docs/images.md)."""
     from modeling_ret2.processing_ret2 import load_image
 
     _, processor = tiny
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     pattern(5, size=48).crop((0, 0, 48, 30)).save(tmp_path / "photo.jpg", exif=exif)
-    loaded = ImageLoader(tmp_path)("photo.jpg", "doc-1")
-    assert loaded.size == (30, 48)  # upright: the stored 48 x 30 turned
-    direct = processor(images=[load_image(tmp_path / "photo.jpg")], return_tensors="pt")["pixel_values"]
-    assert torch.equal(processor(images=[loaded], return_tensors="pt")["pixel_values"], direct)
+    for orientation, size in (("upright", (30, 48)), ("stored", (48, 30))):  # upright: the stored 48 x 30 turned
+        loaded = ImageLoader(tmp_path, orientation)("photo.jpg", "doc-1")
+        assert loaded.size == size
+        direct = processor(images=[load_image(tmp_path / "photo.jpg", orientation)], return_tensors="pt")
+        assert torch.equal(processor(images=[loaded], return_tensors="pt")["pixel_values"], direct["pixel_values"])
 
 
 def test_truncated_image_names_the_file_and_the_record(tmp_path):

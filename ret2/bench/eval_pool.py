@@ -68,7 +68,8 @@ def prepare_step(size: int, workdir: Path, batch_size: int) -> dict:
     model.save_pretrained(workdir / "model")
     processor.save_pretrained(workdir / "model")
     queries = [Item(q["qid"], q["query_txt"], None, "", i) for i, q in enumerate(read_queries(ROW.query_path(root)))]
-    np.save(workdir / "queries.npy", encode_items(model, processor, queries, root, batch_size=batch_size))
+    embeddings = encode_items(model, processor, queries, root, batch_size=batch_size, orientation="stored")
+    np.save(workdir / "queries.npy", embeddings)
     candidate_pool(ROW, root, workdir / "cache")  # the Arrow copy, outside the measured steps
     return {"candidates": size, "queries": len(queries)}
 
@@ -79,7 +80,8 @@ def encode_step(workdir: Path, batch_size: int) -> dict:
     pool = candidate_pool(ROW, workdir / "data", workdir / "cache")
     before = rss()
     start = time.perf_counter()
-    encode_pool(model, processor, pool, _folder(workdir, pool), workdir / "data", batch_size=batch_size)
+    encode_pool(model, processor, pool, _folder(workdir, pool), workdir / "data", batch_size=batch_size,
+                orientation="stored")
     seconds = time.perf_counter() - start
     return {"encode_s": seconds, "encode_cands_per_s": len(pool.ids) / seconds, "encode_rss_growth": max_rss() - before}
 
@@ -99,7 +101,8 @@ def search_step(workdir: Path, backend: str) -> dict:
 
 
 def _folder(workdir: Path, pool) -> Path:
-    return cache_folder(workdir / "cache", pool, model_fingerprint(str(workdir / "model")), torch.float32, SHARD_SIZE)
+    return cache_folder(workdir / "cache", pool, model_fingerprint(str(workdir / "model")), torch.float32, SHARD_SIZE,
+                        orientation="stored")
 
 
 def table(rows: list[dict]) -> str:

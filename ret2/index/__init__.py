@@ -46,6 +46,7 @@ from ret2.encoding import (
     Item,
     Pool,
     cache_folder,
+    check_orientation,
     encode_pool,
     load_model_and_processor,
     load_pool,
@@ -60,7 +61,8 @@ logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "ret2-index"
-INDEX_VERSION = 2  # 2: each part has its own image root; the cache is keyed by the parts' content, not mtimes
+INDEX_VERSION = 2  # 2: each part has its own image root, the image orientation rule is kept; the cache is keyed by
+# the parts' content (not mtimes) and that rule
 APPROXIMATE_FILE = "approximate.faiss"
 ENGINES = ("exact", "approximate", "milvus")
 
@@ -172,6 +174,7 @@ class Ret2Index:
         id_field: str = "id",
         text_field: str = "text",
         image_field: str = "image",
+        image_orientation: str = "upright",
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -185,12 +188,16 @@ class Ret2Index:
             dtype: model dtype while encoding ("float32", "bfloat16", "float16"). device: default CUDA if available.
             num_workers: DataLoader workers opening images.
             id_field, text_field, image_field: the field names of the source.
+            image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "upright"
+                (turned by their EXIF orientation, as `Ret2Model.encode` reads them) or "stored" (EXIF ignored, as
+                the benchmarks read them). Stored in `index.json`: `add` and image queries of `search` use it.
         """
         folder = Path(folder)
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
         if not isinstance(shard_size, int) or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        check_orientation(image_orientation)
         records, root = read_records(source, image_root, id_field, text_field, image_field)
         meta_path = folder / INDEX_FILE
         if meta_path.exists():
@@ -208,7 +215,8 @@ class Ret2Index:
                 "format": INDEX_FORMAT, "version": INDEX_VERSION,
                 "model": {"name_or_path": str(model), "fingerprint": fingerprint},
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
-                           "image_root": str(root), "multi_vector": config.get("pooling") == "none"},
+                           "image_root": str(root), "multi_vector": config.get("pooling") == "none",
+                           "image_orientation": image_orientation},
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
@@ -249,6 +257,11 @@ class Ret2Index:
         """The image root of the build: `add` resolves the image paths of in-memory records against it by default."""
         return Path(self.meta["config"]["image_root"])
 
+    @property
+    def image_orientation(self) -> str:
+        """How image files are read (documents and image queries alike), chosen at build: "upright" or "stored"."""
+        return self.meta["config"]["image_orientation"]
+
     def __len__(self) -> int:
         return sum(p["count"] for p in self.meta["parts"] if p["complete"])
 
@@ -266,7 +279,7 @@ class Ret2Index:
     def _cache(self, pool: Pool) -> Path:
         config = self.meta["config"]
         return cache_folder(self.folder / "cache", pool, self.meta["model"]["fingerprint"], DTYPES[config["dtype"]],
-                            config["shard_size"])  # fmt: skip
+                            config["shard_size"], orientation=self.image_orientation)  # fmt: skip
 
     def add(
         self,
@@ -311,7 +324,7 @@ class Ret2Index:
         pool = self._pool(pending)
         config = self.meta["config"]
         encode_pool(self.model, self.processor, pool, self._cache(pool), root, config["batch_size"],
-                    config["shard_size"], num_workers)  # fmt: skip
+                    config["shard_size"], num_workers, orientation=self.image_orientation)  # fmt: skip
         pending["complete"] = True
         self._embeddings = self._parts = None
         if self._load_approximate() is not None:  # keep the approximate index in step
@@ -361,7 +374,8 @@ class Ret2Index:
         if not queries:
             raise ValueError("no queries to encode")
         batch_size = batch_size or self.meta["config"]["batch_size"]
-        embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size)
+        embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size,
+                                       image_orientation=self.image_orientation)  # fmt: skip
         return embeddings.astype(np.float16)
 
     def search(

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
-from ret2.encoding import DTYPES, SHARD_SIZE
+from ret2.encoding import DTYPES, IMAGE_ORIENTATIONS, SHARD_SIZE
 from ret2.index import ENGINES, Hit, Ret2Index, index_info
 
 
@@ -37,6 +37,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--shard-size", type=int, default=SHARD_SIZE, help="documents per cache shard (the resume unit)")
     p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model dtype while encoding")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
+    p.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default="upright",
+                   help="upright: turned by EXIF orientation (default); stored: as the file stores them, as the "
+                        "benchmarks read images (docs/images.md). Kept in the index for add and search")  # fmt: skip
     fields(p)
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
@@ -105,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     fields_ = {k: getattr(args, k, None) for k in ("id_field", "text_field", "image_field")}
     if args.command == "build":
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
-                                args.dtype, args.device, args.num_workers, **fields_)  # fmt: skip
+                                args.dtype, args.device, args.num_workers, **fields_,
+                                image_orientation=args.image_orientation)  # fmt: skip
         print(f"{args.folder}: {len(index)} documents")
     elif args.command == "add":
         index = Ret2Index.open(args.folder, args.model, args.device)

@@ -45,6 +45,8 @@ class ContrastiveCollator:
         image_root: the directory image paths are relative to (the dataset root for M-BEIR).
         num_hard_negatives: negatives expected in every example (0: none, and no ``neg_doc_ids``).
         max_length: truncation length of the texts (default: the tokenizer's).
+        image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md); default "stored",
+            as the M-BEIR / M2KR benchmarks read them.
     """
 
     def __init__(
@@ -53,11 +55,12 @@ class ContrastiveCollator:
         image_root: str | Path,
         num_hard_negatives: int = 0,
         max_length: int | None = None,
+        image_orientation: str = "stored",
     ):
         if not isinstance(num_hard_negatives, int) or num_hard_negatives < 0:
             raise ValueError(f"num_hard_negatives must be an integer >= 0, got {num_hard_negatives!r}")
         self.processor = processor
-        self.images = ImageLoader(image_root)
+        self.images = ImageLoader(image_root, image_orientation)
         self.num_hard_negatives = num_hard_negatives
         self.max_length = max_length
 

@@ -66,4 +66,6 @@ def train_pairs(
     training = {"report_to": "none", "save_strategy": "no", **training}
     args = TrainingArguments(output_dir=str(output_dir), **training)
     train_set, root = pairs_dataset(source, image_root, args.seed)
-    return train(ModelArguments(model=model), DataArguments(image_root=str(root)), args, datasets=(train_set, None))
+    # Your own pairs are read like the documents of an index and the inputs of `encode`: upright (docs/images.md).
+    data = DataArguments(image_root=str(root), image_orientation="upright")
+    return train(ModelArguments(model=model), data, args, datasets=(train_set, None))

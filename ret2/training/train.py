@@ -39,6 +39,7 @@ from transformers import (
 from transformers.training_args import ParallelMode
 
 from ret2.cli import TRACEBACK_FLAG, HelpFormatter, command_name, run_cli
+from ret2.data.images import IMAGE_ORIENTATIONS
 from ret2.encoding import check_model_source
 from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, TRAIN_QUERIES, load_instructions
 from configuration_ret2.configuration_ret2 import FIELD_RULES
@@ -145,6 +146,11 @@ class DataArguments:
     eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the training queries."})
     num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (from neg_cand_list)."})
     streaming: bool = field(default=False, metadata={"help": "Stream the query file (M-BEIR); needs --max_steps."})
+    image_orientation: str = field(
+        default="stored",
+        metadata={"help": "How image files are read: stored (EXIF orientation not applied, as the benchmarks read "
+                  "images) or upright (docs/images.md).", "choices": list(IMAGE_ORIENTATIONS)},
+    )  # fmt: skip
     shuffle_buffer: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed query file."})
     dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` caches its Arrow files."})
 
@@ -257,7 +263,8 @@ def train(
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
-        data_collator=ContrastiveCollator(processor, image_root, data_args.num_hard_negatives, model_args.max_length),
+        data_collator=ContrastiveCollator(processor, image_root, data_args.num_hard_negatives, model_args.max_length,
+                                          data_args.image_orientation),  # fmt: skip
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=processor,
