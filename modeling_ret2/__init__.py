@@ -12,7 +12,7 @@ import configuration_ret2.configuration_ret2 as _configuration
 sys.modules[f"{__name__}.configuration_ret2"] = _configuration
 
 from .modeling_ret2 import (  # noqa: E402
-    Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell, similarity,
+    Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell, encode_samples, similarity,
 )  # fmt: skip
 from .processing_ret2 import Ret2Processor, to_rgb  # noqa: E402
 from .sentence_ret2 import Ret2SentenceTransformersModule  # noqa: E402
@@ -28,6 +28,7 @@ __all__ = [
     "Ret2Processor",
     "Ret2RecurrentCell",
     "Ret2SentenceTransformersModule",
+    "encode_samples",
     "similarity",
     "to_rgb",
 ]

@@ -10,7 +10,7 @@ final state is mean-pooled, projected and L2-normalised (ReT-2), or projected pe
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,6 +353,49 @@ def build_tower(config: PretrainedConfig) -> PreTrainedModel:
         return model_class(config)
 
 
+def encode_samples(
+    encode: Callable[..., torch.Tensor],
+    processor: Ret2Processor,
+    samples: Sequence[tuple[str | None, object | None]],
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    image_orientation: str = "upright",
+    open_image: Callable[[int, object], object] | None = None,
+    show_progress_bar: bool = False,
+    desc: str = "Encoding",
+) -> torch.Tensor:
+    """The one batching engine: embeddings of (text, image) samples through `encode` (a model's `encode_queries` or
+    `encode_documents`), rows in input order. `Ret2Model.encode`, evaluation and the index all encode through it.
+
+    Samples are sorted by modality and text length (image-only, then text+image, then text-only, longest text first
+    within each group), so a batch runs as few towers and as little padding as it can; each batch is loaded and
+    preprocessed by `Ret2InputBatches` (in `num_workers` DataLoader workers while the model encodes). Image files are
+    read with `image_orientation`, or by `open_image(index, image)` when given (a picklable callable: a caller that
+    knows where each sample came from names it in errors).
+
+    Returns:
+        (N, D) or (N, K, D) embeddings on `device`, in the model's dtype.
+    """
+    # (group, -text length) sort key: image-only first, then text+image, then text-only.
+    order = sorted(range(len(samples)), key=lambda i: (samples[i][0] is not None, samples[i][1] is None,
+                                                       -len(samples[i][0] or "")))  # fmt: skip
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    loader = torch.utils.data.DataLoader(
+        Ret2InputBatches(processor, list(samples), batches, image_orientation, open_image), batch_size=None,
+        num_workers=num_workers, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    embeddings = []
+    with torch.inference_mode():
+        for features in logging.tqdm(loader, total=len(batches), disable=not show_progress_bar, desc=desc):
+            embeddings.append(encode(**{k: v.to(device, non_blocking=True) for k, v in features.items()}))
+        # Rows come in sorted order: row r of the concatenation is input order[r].
+        restore = torch.empty(len(order), dtype=torch.long)
+        restore[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
+        return torch.cat(embeddings)[restore.to(device)]
+
+
 class Ret2Model(Ret2PreTrainedModel):
     """ReT-2 retriever: one embedding per query or document made of text, an image, or both.
 
@@ -589,29 +632,16 @@ class Ret2Model(Ret2PreTrainedModel):
             raise TypeError(f"inputs must be a list of samples, got a {type(inputs).__name__}: wrap one sample in [].")
         processor = processor if processor is not None else self._default_processor()
         samples = [split_input(item) for item in inputs]
-        # Image-only, then text+image, then text-only samples, longest text first within each group.
-        order = sorted(range(len(samples)), key=lambda i: (samples[i][0] is not None, samples[i][1] is None,
-                                                           -len(samples[i][0] or "")))  # fmt: skip
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-        loader = torch.utils.data.DataLoader(
-            Ret2InputBatches(processor, samples, batches, image_orientation), batch_size=None, num_workers=num_workers,
-            pin_memory=self.device.type == "cuda",
-        )  # fmt: skip
-        if show_progress_bar is None:
-            show_progress_bar = len(batches) > 1
-        encode = self.encode_queries if kind == "query" else self.encode_documents
-        embeddings = []
-        with torch.inference_mode():
-            for features in logging.tqdm(loader, total=len(batches), disable=not show_progress_bar, desc="Encoding"):
-                features = {k: v.to(self.device, non_blocking=True) for k, v in features.items()}
-                embeddings.append(encode(**features))
-            if not embeddings:
-                shape = (0, self.config.num_latent_tokens) if self.config.pooling == "none" else (0,)
-                embeddings = [torch.empty(*shape, self.config.embedding_dim, device=self.device, dtype=self.dtype)]
-            # Rows come in sorted order: row r of the concatenation is input order[r].
-            restore = torch.empty(len(order), dtype=torch.long)
-            restore[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))
-            out = torch.cat(embeddings)[restore.to(self.device)]
+        if not samples:
+            shape = (0, self.config.num_latent_tokens) if self.config.pooling == "none" else (0,)
+            out = torch.empty(*shape, self.config.embedding_dim, device=self.device, dtype=self.dtype)
+        else:
+            out = encode_samples(
+                self.encode_queries if kind == "query" else self.encode_documents, processor, samples,
+                device=self.device, batch_size=batch_size, num_workers=num_workers,
+                image_orientation=image_orientation,
+                show_progress_bar=show_progress_bar if show_progress_bar is not None else len(samples) > batch_size,
+            )  # fmt: skip
         return out.float().cpu().numpy() if convert_to == "numpy" else out
 
     def _default_processor(self) -> Ret2Processor:

@@ -7,6 +7,7 @@ decode and preprocess while the model encodes (`Ret2InputBatches`).
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -230,7 +231,7 @@ def load_image(
 class Ret2InputBatches(torch.utils.data.Dataset):
     """Batches of raw samples, each loaded and preprocessed when it is accessed (in a DataLoader worker when the
     loader has workers). Item `i` is the processor's output for the samples `batches[i]`; image files are read with
-    `orientation` (see `IMAGE_ORIENTATIONS`)."""
+    `orientation` (see `IMAGE_ORIENTATIONS`), or by `open_image(sample index, image)` when given."""
 
     def __init__(
         self,
@@ -238,6 +239,7 @@ class Ret2InputBatches(torch.utils.data.Dataset):
         samples: list[tuple[str | None, object | None]],
         batches: list,
         orientation: str = "upright",
+        open_image: "Callable[[int, object], object] | None" = None,
     ):
         # `Image.open` reads pixels on first use; read them here: forked workers would share the open file's position.
         for _, image in samples:
@@ -247,14 +249,20 @@ class Ret2InputBatches(torch.utils.data.Dataset):
         self.samples = samples
         self.batches = batches
         self.orientation = check_orientation(orientation)
+        self.open_image = open_image
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        texts, images = zip(*(self.samples[j] for j in self.batches[i]))
-        images = [None if image is None else load_image(image, self.orientation) for image in images]
-        return dict(self.processor(text=list(texts), images=images, return_tensors="pt"))
+        texts, images = [], []
+        for j in self.batches[i]:
+            text, image = self.samples[j]
+            if image is not None:
+                image = self.open_image(j, image) if self.open_image is not None else load_image(image, self.orientation)
+            texts.append(text)
+            images.append(image)
+        return dict(self.processor(text=texts, images=images, return_tensors="pt"))
 
 
 __all__ = [

@@ -32,13 +32,14 @@ import logging
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
+
+from modeling_ret2 import encode_samples
 
 from .data.images import IMAGE_ORIENTATIONS, ImageLoader, check_orientation
 from .distributed import Dist, barrier, default_num_workers, init_distributed
@@ -179,63 +180,47 @@ def model_fingerprint(name_or_path: str) -> str:
 # ----------------------------------------------------------------------------- batched encoding
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Element j is batch j (a range of items) loaded, its images opened with `orientation`, and processed: a
-    DataLoader worker's job."""
+class _ItemImages:
+    """Opens the image of item `j` of a list of items, relative to the image root, with the orientation rule; errors
+    name the record's file and line (`encode_samples`' `open_image`; picklable, for DataLoader workers)."""
 
-    def __init__(
-        self, load: ItemLoader, ranges: Sequence[tuple[int, int]], processor, image_root: str | Path, orientation: str
-    ):
-        self.load, self.ranges, self.processor = load, ranges, processor
-        self.images = ImageLoader(image_root, orientation)
+    def __init__(self, items: Sequence[Item], image_root: str | Path, orientation: str):
+        self.items, self.images = items, ImageLoader(image_root, orientation)
 
-    def __len__(self) -> int:
-        return len(self.ranges)
-
-    def __getitem__(self, j: int):
-        items = self.load(*self.ranges[j])
-        texts, images = [], []
-        for item in items:
-            if not item.text and not item.image:
-                raise ValueError(f"{item.where()}: record {item.id!r} has neither text nor an image")
-            try:
-                images.append(self.images(item.image, item.id) if item.image else None)
-            except (FileNotFoundError, ValueError) as err:
-                raise type(err)(f"{item.where()}: {err}") from err
-            texts.append(item.text or None)
-        return self.processor(text=texts, images=images, return_tensors="pt")
+    def __call__(self, j: int, image: str):
+        item = self.items[j]
+        try:
+            return self.images(image, item.id)
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"{item.where()}: {err}") from err
 
 
-def _no_collate(batch):
-    return batch
-
-
-def _encode_batches(
+def _encode(
     model: torch.nn.Module,
     processor,
-    load: ItemLoader,
-    ranges: Sequence[tuple[int, int]],
+    items: Sequence[Item],
     image_root: str | Path,
     side: str,
+    batch_size: int,
     num_workers: int,
     orientation: str,
-) -> Iterator[np.ndarray]:
-    """fp16 embeddings of each range of items, in order; image files read with `orientation`."""
+    desc: str,
+    show_progress_bar: bool = True,
+) -> np.ndarray:
+    """fp16 embeddings of items, in order, through the model's one batching engine (`encode_samples`: sorted by
+    modality and length, order restored)."""
     if side not in SIDES:
         raise ValueError(f"side {side!r} is not one of {list(SIDES)}")
-    encode = model.encode_queries if side == "query" else model.encode_documents
-    device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(
-        _Batches(load, ranges, processor, image_root, orientation), batch_size=None, num_workers=num_workers,
-        collate_fn=_no_collate,
+    for item in items:
+        if not item.text and not item.image:
+            raise ValueError(f"{item.where()}: record {item.id!r} has neither text nor an image")
+    embeddings = encode_samples(
+        model.encode_queries if side == "query" else model.encode_documents, processor,
+        [(item.text or None, item.image or None) for item in items], device=next(model.parameters()).device,
+        batch_size=batch_size, num_workers=num_workers, open_image=_ItemImages(items, image_root, orientation),
+        show_progress_bar=show_progress_bar, desc=desc,
     )  # fmt: skip
-    with torch.inference_mode():
-        for batch in loader:
-            yield encode(**batch.to(device)).float().cpu().numpy().astype(np.float16)
-
-
-def _ranges(start: int, stop: int, batch_size: int) -> list[tuple[int, int]]:
-    return [(s, min(s + batch_size, stop)) for s in range(start, stop, batch_size)]
+    return embeddings.float().cpu().numpy().astype(np.float16)
 
 
 def encode_items(
@@ -257,15 +242,7 @@ def encode_items(
     """
     if not items:
         raise ValueError(f"{desc}: nothing to encode")
-    out = []
-    with tqdm(total=len(items), desc=desc, unit="item") as bar:
-        batches = _ranges(0, len(items), batch_size)
-        for embeddings in _encode_batches(
-            model, processor, ItemList(items), batches, image_root, side, num_workers, orientation
-        ):
-            out.append(embeddings)
-            bar.update(len(embeddings))
-    return np.concatenate(out)
+    return _encode(model, processor, items, image_root, side, batch_size, num_workers, orientation, desc)
 
 
 # ----------------------------------------------------------------------------- the shard cache
@@ -366,27 +343,19 @@ def encode_pool(
         logger.info("%s: %d of this rank's %d shards are cached", pool.name, len(mine) - len(todo), len(mine))
     if not todo:
         return
-    ranges = [r for s in todo for r in _ranges(*bounds[s], batch_size)]  # batches never straddle two shards
-    total = sum(stop - start for start, stop in bounds.values())
-    desc = f"encode {pool.name}" + (f" (rank {rank})" if world_size > 1 else "")
-    batches = _encode_batches(model, processor, pool.load, ranges, image_root, "document", num_workers, orientation)
-    with tqdm(total=total, desc=desc, unit="cand", disable=rank != 0) as bar:
-        for shard in todo:
-            start, stop = bounds[shard]
-            parts, done = [], 0
-            while done < stop - start:
-                parts.append(next(batches))
-                done += len(parts[-1])
-                bar.update(len(parts[-1]))
-            embeddings = np.concatenate(parts)
-            ids = "".join(f"{i}\n" for i in pool.ids[start:stop]).encode()
-            write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
-            npy = _shard_path(folder, shard, ".npy")
-            write_atomic(npy, lambda f: np.save(f, embeddings))
-            manifest = {"rows": len(embeddings), "shape": list(embeddings.shape), "bytes": npy.stat().st_size}
-            write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))  # last
-            if on_shard is not None:
-                on_shard(shard)
+    name = pool.name + (f" (rank {rank})" if world_size > 1 else "")
+    for n, shard in enumerate(todo, 1):
+        start, stop = bounds[shard]
+        embeddings = _encode(model, processor, pool.load(start, stop), image_root, "document", batch_size, num_workers,
+                             orientation, f"encode {name}, shard {n}/{len(todo)}", show_progress_bar=rank == 0)  # fmt: skip
+        ids = "".join(f"{i}\n" for i in pool.ids[start:stop]).encode()
+        write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
+        npy = _shard_path(folder, shard, ".npy")
+        write_atomic(npy, lambda f: np.save(f, embeddings))
+        manifest = {"rows": len(embeddings), "shape": list(embeddings.shape), "bytes": npy.stat().st_size}
+        write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))  # last
+        if on_shard is not None:
+            on_shard(shard)
 
 
 def load_pool(pool: Pool, folder: str | Path, shard_size: int = SHARD_SIZE) -> Embeddings:
