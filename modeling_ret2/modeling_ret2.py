@@ -662,6 +662,11 @@ class Ret2Model(Ret2PreTrainedModel):
 
         `torch.compile(model)` compiles only `forward` and returns a wrapper whose `encode_*` methods run eager: call
         `model.compile()` instead.
+
+        Compiling happens at the first batch of each modality mix (text only, image only, both run different
+        towers), and again at the first batch of another shape (batch size, text length), after which torch treats
+        those sizes as dynamic and reuses the graph. Each costs tens of seconds on a CPU. `dynamic=True` compiles
+        size-generic graphs from the first batch of each mix, sparing the second compile; fixed batch sizes do too.
         """
         for module in (self.text_model, self.vision_model, self.query_encoder, self.document_encoder):
             if module is not None:

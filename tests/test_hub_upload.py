@@ -411,3 +411,17 @@ def test_card_of_scores_on_generated_data_names_no_benchmark_and_its_examples_ru
     expected = model.encode(["a red dress with long sleeves", {"text": "which building is this?", "image": "query.jpg"}],
                             kind="query", processor=processor, convert_to="torch")  # fmt: skip
     torch.testing.assert_close(torch.as_tensor(namespace["queries"]), expected, atol=1e-5, rtol=0)
+
+
+def test_publishing_loads_the_processor_without_a_model_type_warning(checkpoint, tmp_path):
+    """`python hub_upload.py ... --dry-run` (a new process, as a user runs it) loads the folder's processor with the
+    local classes without transformers' "You are using a model of type `ret2` to instantiate a model of type ``"
+    (the tokenizer loader read config.json as a bare config: `ret2` was unknown to AutoConfig)."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, "hub_upload.py", "--model", str(checkpoint), "--repo-id", "org/x",
+                          "--dry-run", str(tmp_path / "out")], cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "dry run: the repository is assembled in" in run.stdout
+    assert "to instantiate a model of type" not in run.stdout + run.stderr

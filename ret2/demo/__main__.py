@@ -13,7 +13,8 @@ contrastive loss); (3) fine-tune a UniIR CLIP_SF-style score-fusion baseline on 
 process with one torch thread (`--jobs` of them at a time), so its numbers do not depend on `--jobs`. Then (5) print
 the per-row table (mean +- sample standard deviation over the seeds), and, from the first seed, save the ReT-2 folder
 (loads with `AutoModel` / `AutoProcessor` and `trust_remote_code=True`) and draw a bar chart of the per-row scores
-and a grid of queries with their top-5 candidates. Per-seed tables and logs are in `OUTPUT_DIR/seed-N/`.
+and a grid of queries with their top-5 candidates. Per-seed tables and logs are in `OUTPUT_DIR/seed-N/`; while the
+seeds run, each prints its stage and every quarter of a training on the terminal.
 """
 
 import argparse

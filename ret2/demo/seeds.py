@@ -13,9 +13,9 @@ import statistics
 import sys
 import time
 from collections.abc import Iterator
-from typing import TextIO
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
