@@ -28,9 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from ret2.jsonl import check_unique_ids, read_json_lines
 
 
@@ -133,6 +130,9 @@ def read_ret_m2kr_passages(path: str | Path) -> list[dict]:
 
 
 def _read_parquet(files: Sequence[str | Path], columns: Sequence[str]) -> dict[str, list]:
+    import pyarrow as pa  # here, not at the top: importing the module stays light (every command's --help)
+    import pyarrow.parquet as pq
+
     if not files:
         raise FileNotFoundError("no parquet files given (check the M2KR root and config name)")
     tables = []

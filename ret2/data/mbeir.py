@@ -31,13 +31,13 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, NamedTuple, NoReturn, Sequence
-
-import datasets
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, NamedTuple, NoReturn, Sequence
 
 from ret2.jsonl import check_unique_ids, read_json_lines, record_line
+
+if TYPE_CHECKING:
+    import datasets
+    import pyarrow as pa
 
 DATASET_IDS: dict[str, int] = {
     "VisualNews": 0, "Fashion200K": 1, "WebQA": 2, "EDIS": 3, "NIGHTS": 4,
@@ -279,17 +279,28 @@ def candidate_text(record: Mapping) -> str:
 
 
 # ----------------------------------------------------------------------------- validated readers
+# pyarrow and datasets are imported where the files are read: importing the protocol (rows, instructions, text
+# formatting) stays light, as every command's --help does.
 
-_Rule = tuple[pa.ChunkedArray, Callable[[dict], str]]
+_Rule = tuple["pa.ChunkedArray", Callable[[dict], str]]
 
 
 class _Schema(NamedTuple):
-    fields: dict[str, pa.DataType]  # required fields and their Arrow type
-    rules: Callable[[pa.Table], list[_Rule]]  # (bad-record mask, message) pairs
+    fields: dict[str, str]  # required fields and their Arrow type's name (`_arrow_type`)
+    rules: Callable[["pa.Table"], list[_Rule]]  # (bad-record mask, message) pairs
     id_field: str
 
 
-def _modality_rules(table: pa.Table, modality: str, txt: str, img: str) -> list[_Rule]:
+def _arrow_type(name: str) -> "pa.DataType":
+    import pyarrow as pa
+
+    return {"string": pa.string(), "strings": pa.list_(pa.string()), "int64": pa.int64()}[name]
+
+
+def _modality_rules(table: "pa.Table", modality: str, txt: str, img: str) -> list[_Rule]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     mod = table[modality]
     return [
         (pc.invert(pc.is_in(mod, value_set=pa.array(MODALITIES))),
@@ -301,11 +312,16 @@ def _modality_rules(table: pa.Table, modality: str, txt: str, img: str) -> list[
     ]
 
 
-def _null_rules(table: pa.Table, fields: Sequence[str]) -> list[_Rule]:
+def _null_rules(table: "pa.Table", fields: Sequence[str]) -> list[_Rule]:
+    import pyarrow.compute as pc
+
     return [(pc.is_null(table[f]), lambda r, f=f: f"field {f!r} is missing or null") for f in fields]
 
 
-def _query_rules(table: pa.Table) -> list[_Rule]:
+def _query_rules(table: "pa.Table") -> list[_Rule]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     task_ids = pa.array(list(TASK_IDS), pa.int64())
     expected = pa.array([TASK_IDS[t][0] for t in TASK_IDS])  # query modality of each task id
     return _null_rules(table, ("qid", "query_modality", "pos_cand_list", "task_id")) + _modality_rules(
@@ -320,23 +336,22 @@ def _query_rules(table: pa.Table) -> list[_Rule]:
     ]
 
 
-def _candidate_rules(table: pa.Table) -> list[_Rule]:
+def _candidate_rules(table: "pa.Table") -> list[_Rule]:
     return _null_rules(table, ("did", "modality")) + _modality_rules(table, "modality", "txt", "img_path")
 
 
-_STRING, _STRINGS = pa.string(), pa.list_(pa.string())
-_QUERIES = _Schema({"qid": _STRING, "query_txt": _STRING, "query_img_path": _STRING, "query_modality": _STRING,
-                    "pos_cand_list": _STRINGS, "task_id": pa.int64()}, _query_rules, "qid")
-_CANDIDATES = _Schema({"did": _STRING, "txt": _STRING, "img_path": _STRING, "modality": _STRING},
+_QUERIES = _Schema({"qid": "string", "query_txt": "string", "query_img_path": "string", "query_modality": "string",
+                    "pos_cand_list": "strings", "task_id": "int64"}, _query_rules, "qid")
+_CANDIDATES = _Schema({"did": "string", "txt": "string", "img_path": "string", "modality": "string"},
                       _candidate_rules, "did")
 
 
-def _fits(value, arrow_type: pa.DataType) -> bool:
+def _fits(value, type_name: str) -> bool:
     if value is None:
         return True
-    if pa.types.is_list(arrow_type):
+    if type_name == "strings":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
-    if pa.types.is_integer(arrow_type):
+    if type_name == "int64":
         return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, str)
 
@@ -345,24 +360,27 @@ def _raise_read_error(path: str, schema: _Schema, err: Exception) -> NoReturn:
     """Arrow's errors (bad JSON, mixed types) name neither file nor line: rescan in Python to find
     the offending line. Runs only once something has gone wrong."""
     for line_no, record in read_json_lines(path):
-        for name, arrow_type in schema.fields.items():
-            if not _fits(record.get(name), arrow_type):
+        for name, type_name in schema.fields.items():
+            if not _fits(record.get(name), type_name):
                 raise ValueError(
-                    f"{path}:{line_no}: field {name!r} is {record[name]!r}, expected {arrow_type}"
+                    f"{path}:{line_no}: field {name!r} is {record[name]!r}, expected {_arrow_type(type_name)}"
                 ) from err
     raise ValueError(f"{path}: could not be read as JSON lines: {err}") from err
 
 
-def _validate(table: pa.Table, path: str, offset: int, schema: _Schema) -> None:
+def _validate(table: "pa.Table", path: str, offset: int, schema: _Schema) -> None:
     """Raise a ValueError naming `path` and the line of the first bad record of `table` (records
     `offset`, `offset + 1`, ... of the file). Vectorised with pyarrow: cheap on millions of lines."""
-    for name, arrow_type in schema.fields.items():
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for name, type_name in schema.fields.items():
         if name not in table.column_names:
             raise ValueError(
                 f"{path}:{record_line(path, offset)}: field {name!r} is missing (required: {list(schema.fields)})"
             )
         try:  # all-null columns come typed null, mixed ones as JSON: give each column its M-BEIR type
-            table = table.set_column(table.column_names.index(name), name, table[name].cast(arrow_type))
+            table = table.set_column(table.column_names.index(name), name, table[name].cast(_arrow_type(type_name)))
         except (pa.ArrowException, ValueError, TypeError) as err:
             _raise_read_error(path, schema, err)
     first, describe = -1, None
@@ -377,7 +395,9 @@ def _validate(table: pa.Table, path: str, offset: int, schema: _Schema) -> None:
         )
 
 
-def _arrow_batches(path: str, schema: _Schema) -> Iterator[pa.Table]:
+def _arrow_batches(path: str, schema: _Schema) -> Iterator["pa.Table"]:
+    import datasets
+
     try:  # errors while reading (not the consumer's) are re-raised naming the file and line
         stream = datasets.load_dataset("json", data_files=path, split="train", streaming=True)
         yield from stream.with_format("arrow").iter(batch_size=10_000)
@@ -396,6 +416,8 @@ def _stream(path: str, schema: _Schema) -> Iterator[dict]:
 def _read_jsonl(
     path: str | Path, streaming: bool, cache_dir: str | None, schema: _Schema
 ) -> datasets.Dataset | datasets.IterableDataset:
+    import datasets
+
     path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such file: {path}")

@@ -29,7 +29,6 @@ from ret2.encoding import EncodeOptions
 from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
 from ret2.training.collator import ContrastiveCollator
 from ret2.training.train import DataArguments, ModelArguments, build_datasets, train
-from ret2.training.trainer import ContrastiveTrainer
 
 from .baseline import ScoreFusionModel
 
@@ -120,6 +119,8 @@ def train_baseline(
         start = Ret2Model.from_backbone(args.model)
         model.text_model.load_state_dict(start.text_model.state_dict())
         model.vision_model.load_state_dict(start.vision_model.state_dict())
+    from ret2.training.trainer import ContrastiveTrainer  # here: transformers' Trainer imports datasets
+
     train_set, _ = build_datasets(data_arguments(args, data_root), seed)
     trainer = ContrastiveTrainer(
         model=model, train_dataset=train_set,

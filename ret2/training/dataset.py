@@ -16,9 +16,8 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
-import datasets
 import torch
 
 from ret2.data.m2kr import read_ret_m2kr_passages, read_ret_m2kr_queries
@@ -31,6 +30,9 @@ from ret2.data.mbeir import (
     read_queries,
 )
 from ret2.jsonl import check_unique_ids
+
+if TYPE_CHECKING:  # imported where tables are built: importing the module (and every --help) stays light
+    import datasets
 
 FORMATS = ("mbeir", "m2kr")
 Instructions = Mapping[tuple[int, str, str], Sequence[str]]
@@ -117,6 +119,8 @@ def mbeir_pool(path: str | Path, cache_dir: str | None = None) -> CandidatePool:
 
 def m2kr_pool(path: str | Path) -> CandidatePool:
     """A ReT-M2KR passage file; passage ids become strings, null texts "" (ReT's rule)."""
+    import datasets
+
     table = datasets.Dataset.from_list(read_ret_m2kr_passages(path))
     return CandidatePool(table, "pid", "img_path", lambda record: record["text"])
 
@@ -124,6 +128,8 @@ def m2kr_pool(path: str | Path) -> CandidatePool:
 def m2kr_queries(path: str | Path) -> datasets.Dataset:
     """ReT-M2KR queries as an Arrow table of normalised records (`qid, text, img_path, pos_ids`; answers dropped:
     they mix strings and dicts, which Arrow cannot hold in one column, and training does not use them)."""
+    import datasets
+
     records = [{k: r[k] for k in ("qid", "text", "img_path", "pos_ids")} for r in read_ret_m2kr_queries(path)]
     return datasets.Dataset.from_list(records)
 
@@ -281,6 +287,8 @@ def training_datasets(
 ) -> tuple[ContrastiveDataset | StreamingContrastiveDataset, ContrastiveDataset | None]:
     """(train, eval) datasets: eval from `eval_queries`, or the held-out `eval_fraction` of `queries` (a seeded
     draw), or None. A streamed `queries` needs `eval_queries` for evaluation."""
+    import datasets
+
     if eval_queries is not None and eval_fraction:
         raise ValueError("give eval_queries or eval_fraction, not both")
     streaming = isinstance(queries, datasets.IterableDataset)

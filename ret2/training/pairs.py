@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import datasets
 from transformers import TrainingArguments
 
 from ret2.records import Records, raw_records, relative_image
@@ -28,6 +27,8 @@ SIDES = ("query", "doc")
 
 def pairs_dataset(source: Records, image_root: str | Path | None = None, seed: int = 0) -> tuple[ContrastiveDataset, Path]:
     """The contrastive examples of pair records (see the module docstring) and their image root."""
+    import datasets  # here: importing the module (ret2-index's --help among others) stays light
+
     raw, root = raw_records(source, image_root)
     queries, docs = [], {}
     for n, (where, record) in enumerate(raw):

@@ -24,6 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from peft import PeftModel
@@ -49,7 +50,9 @@ from .collator import ContrastiveCollator
 from .dataset import FORMATS, ContrastiveDataset, StreamingContrastiveDataset, load_m2kr, load_mbeir
 from .lora import DEFAULT_LORA_TARGETS, apply_lora
 from ret2.tiny import tiny_model_and_processor, words_of
-from .trainer import ContrastiveTrainer
+
+if TYPE_CHECKING:
+    from .trainer import ContrastiveTrainer
 
 
 @dataclass
@@ -260,6 +263,8 @@ def train(
     with training_args.main_process_first(desc="reading the training data"):
         train_set, eval_set = datasets if datasets is not None else build_datasets(data_args, training_args.seed)
     model, processor = load_model_and_processor(model_args, train_set, training_args.seed)
+    from .trainer import ContrastiveTrainer  # here: transformers' Trainer imports datasets (--help stays light)
+
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
