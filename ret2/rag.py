@@ -22,10 +22,12 @@ prompt.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ret2.data.m2kr import read_ret_m2kr_passages
-from ret2.index import Hit, Ret2Index
+
+if TYPE_CHECKING:  # the index is imported where it is used: the command's --help stays light
+    from ret2.index import Hit, Ret2Index
 
 PROMPT_TEMPLATE = (
     "Answer the question about the image using the passages below. If they do not contain the answer, say so.\n\n"
@@ -44,6 +46,8 @@ def build_knowledge_base(
 ) -> Ret2Index:
     """A `Ret2Index` at `folder` of the passages of ReT-M2KR passage files (images relative to `image_root`);
     `**build`: more `Ret2Index.build` arguments (batch_size, device, ...)."""
+    from ret2.index import Ret2Index
+
     return Ret2Index.build(folder, passage_records(passage_files), model, image_root=image_root, **build)
 
 
@@ -87,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         image_root = args.image_root or Path(args.passages[0]).parent
         index = build_knowledge_base(args.index, args.passages, args.model, image_root)
     else:
+        from ret2.index import Ret2Index
+
         index = Ret2Index.open(args.index, args.model)
     print(build_prompt(args.question, retrieve(index, args.question, args.image, args.k)))
 

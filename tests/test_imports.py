@@ -3,9 +3,12 @@ demo, bench). Pinned on the source's import statements (module level and inside 
 library module importing training, remote code importing only itself; and `import ret2` stays light."""
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 OURS = ("ret2", "modeling_ret2", "configuration_ret2")
@@ -120,4 +123,28 @@ def test_import_ret2_is_light():
     code = ("import sys, ret2; heavy = sorted(m for m in ('torch', 'transformers', 'datasets', 'pyarrow', 'ret2.index')"
             " if m in sys.modules); print(heavy); print(ret2.Ret2Index.__module__)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["[]", "ret2.index"]
+    assert out == ["[]", "ret2.index.ret2_index"]
+
+
+# Every command's module (a package runs its __main__); `--help` of each must not load these.
+COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.index.__main__", "ret2.rag",
+            "ret2.data.synthetic", "ret2.conversion", "ret2.publish", "ret2.demo.__main__", "ret2.demo.ablation",
+            "ret2.bench.__main__"]  # fmt: skip
+HEAVY = ("datasets", "pyarrow", "ret2.index.ret2_index")
+
+
+@pytest.mark.slow
+def test_help_of_every_command_loads_neither_datasets_nor_pyarrow_nor_the_index():
+    """One process runs each command's `--help` in turn; the first command after which a heavy module is loaded is
+    the one that loaded it (the set of loaded modules only grows)."""
+    code = f"""
+import contextlib, importlib, io, json, sys
+found = {{}}
+for module in {COMMANDS!r}:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    found[module] = sorted(m for m in {HEAVY!r} if m in sys.modules)
+print(json.dumps(found))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == {module: [] for module in COMMANDS}

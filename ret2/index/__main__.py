@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.encoding import DTYPES, IMAGE_ORIENTATIONS, SHARD_SIZE
-from ret2.index import ENGINES, Hit, Ret2Index, index_info
+from ret2.index import ENGINES
+
+if TYPE_CHECKING:
+    from ret2.index import Hit
 
 
 def _parser() -> ArgumentParser:
@@ -105,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     """`ret2-index`: build, add to, search, describe an index; approximate and Milvus search; train on pairs."""
     args = _parser().parse_args(argv)
     configure_logging()
+    from ret2.index import Ret2Index, index_info  # after parsing: --help loads neither the model code nor the index
     fields_ = {k: getattr(args, k, None) for k in ("id_field", "text_field", "image_field")}
     if args.command == "build":
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,

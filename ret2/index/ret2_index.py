@@ -1,0 +1,501 @@
+"""`Ret2Index` and `Hit`: see the package docstring (`ret2.index`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ret2.encoding import (
+    DTYPES,
+    SHARD_SIZE,
+    Embeddings,
+    Item,
+    Pool,
+    cache_folder,
+    check_orientation,
+    encode_pool,
+    load_model_and_processor,
+    load_pool,
+    model_fingerprint,
+    write_atomic,
+)
+from ret2.index import ENGINES
+from ret2.records import Records, read_records
+from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw, unit_rows
+from ret2.search import search as exact_search
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "ret2-index"
+INDEX_VERSION = 2  # 2: each part has its own image root, the image orientation rule is kept; the cache is keyed by
+# the parts' content (not mtimes) and that rule
+APPROXIMATE_FILE = "approximate.faiss"
+
+
+@dataclass
+class Hit:
+    """One search result: the document's id, its score (cosine, or late-interaction sum), text, image (the path as
+    stored, relative to the image root of the documents it was added with), the other fields of its record, and
+    `image_path`, where the image is on disk."""
+
+    id: str
+    score: float
+    text: str | None
+    image: str | None
+    metadata: dict = field(default_factory=dict)
+    image_path: str | None = None
+
+
+# ----------------------------------------------------------------------------- parts: records + cached embeddings
+
+
+class _Part:
+    """The records of one `build` / `add`, in a jsonl file read by byte offset (no copy of them in memory).
+
+    Also the pool's `ItemLoader` (picklable: DataLoader workers call it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        data = path.read_bytes()
+        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
+        self.offsets = np.concatenate([[0], ends]).astype(np.int64)  # line i is data[offsets[i]:offsets[i + 1]]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def records(self, start: int, stop: int) -> list[dict]:
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[start])
+            block = f.read(self.offsets[stop] - self.offsets[start])
+        return [json.loads(line) for line in block.splitlines()]
+
+    def __call__(self, start: int, stop: int) -> list[Item]:
+        return [Item(r["id"], r["text"], r["image"], str(self.path), start + i)
+                for i, r in enumerate(self.records(start, stop))]  # fmt: skip
+
+    def ids(self) -> list[str]:
+        return [r["id"] for r in self.records(0, len(self))]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- the index
+
+
+def _read_meta(folder: Path) -> dict:
+    meta_path = folder / INDEX_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} is not a ret2 index: no {INDEX_FILE}")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{meta_path}: not a {INDEX_FORMAT} file")
+    if meta.get("version") != INDEX_VERSION:
+        raise ValueError(f"{meta_path}: an index of format version {meta.get('version')}, this ret2 reads version "
+                         f"{INDEX_VERSION}; build it again (ret2-index build) from its documents")  # fmt: skip
+    return meta
+
+
+def index_info(folder: str | Path) -> dict:
+    """What the index at `folder` holds (documents, parts, model, settings, approximate index, Milvus collection),
+    read from its `index.json` without loading the model."""
+    meta = _read_meta(Path(folder))
+    documents = sum(p["count"] for p in meta["parts"] if p["complete"])
+    return {"folder": str(folder), "documents": documents, **{k: meta[k] for k in ("model", "config", "parts",
+            "approximate", "milvus")}}  # fmt: skip
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Ret2Index:
+    """A searchable folder of documents encoded by one ReT-2 model (see the module docstring).
+
+    Create one with `Ret2Index.build(folder, source, model)`, open an existing one with `Ret2Index.open(folder)`.
+    """
+
+    def __init__(self, folder: Path, meta: dict, model: torch.nn.Module, processor, device: torch.device):
+        self.folder, self.meta, self.model, self.processor, self.device = folder, meta, model, processor, device
+        self._embeddings: Embeddings | None = None
+        self._parts: list[tuple[_Part, Path]] | None = None  # each complete part's records and image root
+        self._approximate = None
+
+    # ------------------------------------------------------------------ creating and opening
+
+    @classmethod
+    def build(
+        cls,
+        folder: str | Path,
+        source: Records,
+        model: str | Path,
+        image_root: str | Path | None = None,
+        batch_size: int = 64,
+        shard_size: int = SHARD_SIZE,
+        dtype: str = "float32",
+        device: str | None = None,
+        num_workers: int = 0,
+        id_field: str = "id",
+        text_field: str = "text",
+        image_field: str = "image",
+        image_orientation: str = "upright",
+    ) -> Ret2Index:
+        """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
+        index at `folder`. Run again after an interruption, it resumes from the last finished shard.
+
+        Args:
+            folder: the index folder to create (it must be empty, or hold an interrupted build of this source).
+            source: documents: .jsonl / .csv file, folder of images, `datasets.Dataset` or list of dicts.
+            model: the ReT-2 model (folder or Hub id); searching the index later needs the same model files.
+            image_root: the folder image paths are relative to (default: see `read_records`).
+            batch_size: documents per model call. shard_size: documents per cache shard (the resume unit).
+            dtype: model dtype while encoding ("float32", "bfloat16", "float16"). device: default CUDA if available.
+            num_workers: DataLoader workers opening images.
+            id_field, text_field, image_field: the field names of the source.
+            image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "upright"
+                (turned by their EXIF orientation, as `Ret2Model.encode` reads them) or "stored" (EXIF ignored, as
+                the benchmarks read them). Stored in `index.json`: `add` and image queries of `search` use it.
+        """
+        folder = Path(folder)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+        if not isinstance(shard_size, int) or shard_size < 1:
+            raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
+        check_orientation(image_orientation)
+        records, root = read_records(source, image_root, id_field, text_field, image_field)
+        meta_path = folder / INDEX_FILE
+        if meta_path.exists():
+            meta = _read_meta(folder)
+            if meta["parts"][1:] or meta["parts"][0]["complete"]:
+                raise FileExistsError(f"{folder} already holds an index; open it and call add(), or pick a new folder")
+        else:
+            if folder.exists() and any(folder.iterdir()):
+                raise FileExistsError(f"{folder} exists and is not an index folder; pick an empty or new folder")
+            fingerprint = model_fingerprint(str(model))  # a bad model fails here, before the folder is made
+            config = _model_config(str(model))
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "model_config.json").write_text(json.dumps(config, indent=1))
+            meta = {
+                "format": INDEX_FORMAT, "version": INDEX_VERSION,
+                "model": {"name_or_path": str(model), "fingerprint": fingerprint},
+                "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
+                           "image_root": str(root), "multi_vector": config.get("pooling") == "none",
+                           "image_orientation": image_orientation},
+                "parts": [], "approximate": None, "milvus": None,
+            }  # fmt: skip
+        index = cls._load(folder, meta, model, device)
+        index._add_records(records, root, num_workers)
+        return index
+
+    @classmethod
+    def open(cls, folder: str | Path, model: str | Path | None = None, device: str | None = None) -> Ret2Index:
+        """The index at `folder`, with its model loaded (`model`: the same model at another path or Hub id; default:
+        the name or path stored at build). Refuses a model whose files differ from the one that built the index."""
+        meta = _read_meta(Path(folder))
+        return cls._load(Path(folder), meta, model or meta["model"]["name_or_path"], device)
+
+    @classmethod
+    def _load(cls, folder: Path, meta: dict, model: str | Path, device: str | None) -> Ret2Index:
+        fingerprint = model_fingerprint(str(model))
+        built = meta["model"]
+        if fingerprint != built["fingerprint"]:
+            raise ValueError(
+                f"index {folder} was built with model {built['name_or_path']!r} (fingerprint "
+                f"{built['fingerprint'][:12]}); model {str(model)!r} has different files (fingerprint {fingerprint[:12]}). "
+                "Search it with the model that built it, or build a new index with this model"
+            )
+        device = torch.device(device or _default_device())
+        net, processor = load_model_and_processor(str(model), device, DTYPES[meta["config"]["dtype"]])
+        return cls(folder, meta, net, processor, device)
+
+    def _save(self) -> None:
+        write_atomic(self.folder / INDEX_FILE, lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
+
+    @property
+    def multi_vector(self) -> bool:
+        """True for a ReT-1-mode model (pooling="none"): documents are (K, D) token vectors, searched exactly."""
+        return bool(self.meta["config"]["multi_vector"])
+
+    @property
+    def image_root(self) -> Path:
+        """The image root of the build: `add` resolves the image paths of in-memory records against it by default."""
+        return Path(self.meta["config"]["image_root"])
+
+    @property
+    def image_orientation(self) -> str:
+        """How image files are read (documents and image queries alike), chosen at build: "upright" or "stored"."""
+        return self.meta["config"]["image_orientation"]
+
+    def __len__(self) -> int:
+        return sum(p["count"] for p in self.meta["parts"] if p["complete"])
+
+    def info(self) -> dict:
+        """What the index holds: documents, parts, model, settings, approximate index and Milvus collection."""
+        return index_info(self.folder)
+
+    # ------------------------------------------------------------------ adding documents
+
+    def _pool(self, part: dict) -> Pool:
+        path = self.folder / "parts" / f"{part['name']}.jsonl"
+        loader = _Part(path)
+        return Pool(part["name"], loader.ids(), loader, (path,), digest=part["sha256"])
+
+    def _cache(self, pool: Pool) -> Path:
+        config = self.meta["config"]
+        return cache_folder(self.folder / "cache", pool, self.meta["model"]["fingerprint"], DTYPES[config["dtype"]],
+                            config["shard_size"], orientation=self.image_orientation)  # fmt: skip
+
+    def add(
+        self,
+        source: Records,
+        num_workers: int = 0,
+        id_field: str = "id",
+        text_field: str = "text",
+        image_field: str = "image",
+        image_root: str | Path | None = None,
+    ) -> int:
+        """Encode more documents (see `read_records`) into the index as a new part; returns how many were added.
+        Image paths are relative to `image_root`, by default as for `build`: a `.jsonl` / `.csv` file's folder, the
+        folder of a folder of images, and for in-memory records the index's image root. Ids already in the index are
+        refused. An interrupted `add` of the same documents resumes; one of other documents is discarded."""
+        if image_root is None and not isinstance(source, (str, os.PathLike)):
+            image_root = self.image_root
+        records, root = read_records(source, image_root, id_field, text_field, image_field)
+        return self._add_records(records, root, num_workers)
+
+    def _add_records(self, records: list[dict], root: Path, num_workers: int) -> int:
+        parts_dir = self.folder / "parts"
+        parts_dir.mkdir(exist_ok=True)
+        pending = self.meta["parts"][-1] if self.meta["parts"] and not self.meta["parts"][-1]["complete"] else None
+        name = pending["name"] if pending else f"part-{len(self.meta['parts']):05d}"
+        path = parts_dir / f"{name}.jsonl"
+        tmp = parts_dir / f".{name}.new"
+        write_atomic(tmp, lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in records))
+        if pending is not None and pending["sha256"] == _sha256(tmp) and pending["image_root"] == str(root):
+            tmp.unlink()  # the same documents: resume from their cached shards
+            logger.info("resuming the interrupted encoding of %s", name)
+        else:
+            if pending is not None:
+                logger.warning("discarding the interrupted encoding of %s (other documents)", name)
+                shutil.rmtree(self.folder / "cache" / name, ignore_errors=True)
+                self.meta["parts"].pop()
+            self._check_new_ids([r["id"] for r in records])
+            os.replace(tmp, path)
+            pending = {"name": name, "count": len(records), "sha256": _sha256(path), "image_root": str(root),
+                       "complete": False}  # fmt: skip
+            self.meta["parts"].append(pending)
+            self._save()
+        pool = self._pool(pending)
+        config = self.meta["config"]
+        encode_pool(self.model, self.processor, pool, self._cache(pool), root, config["batch_size"],
+                    config["shard_size"], num_workers, orientation=self.image_orientation)  # fmt: skip
+        pending["complete"] = True
+        self._embeddings = self._parts = None
+        if self._load_approximate() is not None:  # keep the approximate index in step
+            self._approximate.add(unit_rows(np.concatenate(load_pool(pool, self._cache(pool), config["shard_size"]).shards)))
+            self._write_approximate()
+        self._save()
+        return len(records)
+
+    def _check_new_ids(self, ids: list[str]) -> None:
+        seen = set(self.embeddings().ids) if self.meta["parts"] and len(self) else set()
+        for i in ids:
+            if i in seen:
+                raise ValueError(f"document id {i!r} is already in the index (or twice in the new documents)")
+            seen.add(i)
+
+    # ------------------------------------------------------------------ embeddings and records
+
+    def embeddings(self) -> Embeddings:
+        """The fp16 embeddings of every document (memory-mapped cache shards) and their ids, in index order."""
+        if self._embeddings is None:
+            complete = [p for p in self.meta["parts"] if p["complete"]]
+            pools = [self._pool(p) for p in complete]
+            shard_size = self.meta["config"]["shard_size"]
+            self._embeddings = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            self._parts = [(pool.load, Path(part["image_root"])) for pool, part in zip(pools, complete)]
+        return self._embeddings
+
+    def record(self, row: int) -> dict:
+        """The stored record {"id", "text", "image", "metadata"} of document number `row`."""
+        return self._locate(row)[0]
+
+    def _locate(self, row: int) -> tuple[dict, Path]:
+        """The stored record of document number `row` and the image root of its part."""
+        self.embeddings()
+        for part, root in self._parts:
+            if row < len(part):
+                return part.records(row, row + 1)[0], root
+            row -= len(part)
+        raise IndexError(f"document {row} is out of range (the index holds {len(self)})")
+
+    # ------------------------------------------------------------------ search
+
+    def encode_queries(self, queries: Sequence[Any], batch_size: int | None = None) -> np.ndarray:
+        """fp16 query embeddings (N, D) or (N, K, D), rounded to fp16 like the documents, of raw queries in any form
+        the model's one-call `encode` takes (a str is text; a PIL image or `pathlib.Path` an image, anywhere on
+        disk; a `(text, image)` tuple or `{"text", "image"}` dict both)."""
+        if not queries:
+            raise ValueError("no queries to encode")
+        batch_size = batch_size or self.meta["config"]["batch_size"]
+        embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size,
+                                       image_orientation=self.image_orientation)  # fmt: skip
+        return embeddings.astype(np.float16)
+
+    def search(
+        self,
+        queries: Any,
+        k: int = 10,
+        engine: str = "exact",
+        backend: str = "auto",
+        ef_search: int | None = None,
+    ) -> list[Hit] | list[list[Hit]]:
+        """The top-k documents of one query (a list of `Hit`, best first) or of a batch (a list of queries: a list of
+        such lists).
+
+        Args:
+            queries: a query (text, image, or both, as `Ret2Model.encode` takes it) or a list of queries.
+            k: results per query.
+            engine: "exact" (`ret2.search.search`), "approximate" (the HNSW index of `build_approximate`) or
+                "milvus" (the collection of `to_milvus`).
+            backend: the exact search's backend, one of `ret2.search.BACKENDS`.
+            ef_search: HNSW search depth for engine="approximate" (default: the one chosen at build).
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of {list(ENGINES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
+        batch = isinstance(queries, list)
+        vectors = self.encode_queries(queries if batch else [queries])
+        scores, rows = self.search_embeddings(vectors, k, engine, backend, ef_search)
+        hits = [[self._hit(int(r), float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+        return hits if batch else hits[0]
+
+    def search_embeddings(
+        self, queries: np.ndarray, k: int, engine: str = "exact", backend: str = "auto", ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, document rows), each (Nq, k), of query embeddings; the engines of `search`."""
+        if len(self) == 0:
+            raise ValueError(f"index {self.folder} holds no documents")
+        if engine == "exact":
+            return exact_search(queries, self.embeddings().shards, k, backend, self.device)
+        if engine == "approximate":
+            index = self._load_approximate()
+            if index is None:
+                raise ValueError(f"index {self.folder} has no approximate index; call build_approximate() first")
+            return search_hnsw(index, queries, k, ef_search or self.meta["approximate"]["ef_search"])
+        from ret2.milvus import search_collection
+
+        if self.meta["milvus"] is None:
+            raise ValueError(f"index {self.folder} has no Milvus collection; call to_milvus() first")
+        return search_collection(self.meta["milvus"], queries, min(k, len(self)))
+
+    def _hit(self, row: int, score: float) -> Hit:
+        r, root = self._locate(row)
+        return Hit(r["id"], score, r["text"], r["image"], r["metadata"], r["image"] and str(root / r["image"]))
+
+    # ------------------------------------------------------------------ approximate search (FAISS HNSW)
+
+    def _refuse_multi_vector(self, what: str) -> None:
+        if self.multi_vector:
+            raise ValueError(
+                f"{what} needs single-vector embeddings; this index's model is multi-vector (pooling='none', ReT-1 "
+                "mode), whose late-interaction scores only the exact search computes: use engine='exact'"
+            )
+
+    def build_approximate(
+        self, m: int = 32, ef_construction: int = 80, ef_search: int = 128, recall_sample: int = 1000, seed: int = 0
+    ) -> dict:
+        """Build a FAISS HNSW index (inner product, fp32 vectors) over every document, save it in the folder, and
+        return (and store) its recall@10 against the exact search, measured with `recall_sample` stored documents
+        as queries. Single-vector indexes only.
+
+        Args:
+            m: HNSW neighbours per node (memory: about 8 * m bytes per document on top of 4 * D).
+            ef_construction: HNSW build depth. ef_search: default HNSW search depth.
+            recall_sample: documents used as queries to measure recall@10. seed: which documents.
+        """
+        self._refuse_multi_vector("approximate search")
+        index = build_hnsw(self.embeddings().shards, m, ef_construction)
+        self._approximate = index
+        self.meta["approximate"] = {"kind": "hnsw", "m": m, "ef_construction": ef_construction, "ef_search": ef_search}
+        self._write_approximate()
+        recall = self.approximate_recall(recall_sample, seed=seed)
+        self.meta["approximate"].update(recall_at_10=recall, recall_documents=len(self),
+                                        recall_queries=min(recall_sample, len(self)))  # fmt: skip
+        self._save()
+        logger.info("approximate index: recall@10 %.4f against exact (%d stored documents as queries)", recall,
+                    min(recall_sample, len(self)))  # fmt: skip
+        return self.meta["approximate"]
+
+    def approximate_recall(self, sample: int = 1000, k: int = 10, seed: int = 0, ef_search: int | None = None) -> float:
+        """Mean fraction of the exact top-k that the approximate index finds, over `sample` stored documents used as
+        queries."""
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), min(sample, len(self)), replace=False))
+        queries = np.stack([self._row_vector(int(r)) for r in rows]).astype(np.float32)
+        _, exact = self.search_embeddings(queries, k, "exact")
+        _, approx = self.search_embeddings(queries, k, "approximate", ef_search=ef_search)
+        return recall_at_k(exact, approx)
+
+    def _row_vector(self, row: int) -> np.ndarray:
+        for shard in self.embeddings().shards:
+            if row < len(shard):
+                return np.asarray(shard[row])
+            row -= len(shard)
+        raise IndexError(row)
+
+    def _load_approximate(self):
+        if self._approximate is None and self.meta["approximate"] is not None:
+            import faiss
+
+            self._approximate = faiss.read_index(str(self.folder / APPROXIMATE_FILE))
+        return self._approximate
+
+    def _write_approximate(self) -> None:
+        import faiss
+
+        write_atomic(self.folder / APPROXIMATE_FILE, lambda f: f.write(faiss.serialize_index(self._approximate).tobytes()))
+
+    # ------------------------------------------------------------------ Milvus
+
+    def to_milvus(
+        self, uri: str, collection: str = "ret2", index_type: str = "FLAT", token: str = "", overwrite: bool = False
+    ) -> dict:
+        """Copy every document's embedding (fp32) and id into a Milvus collection and remember it for
+        `search(..., engine="milvus")`. Single-vector indexes only.
+
+        Args:
+            uri: a Milvus Lite file (`./docs.db`, embedded, no server) or a server URI (`http://host:19530`).
+            collection: the collection name. index_type: Milvus index ("FLAT" exact, "HNSW", "IVF_FLAT", "AUTOINDEX").
+            token: credentials of a server ("user:password" or an API key); not stored in the index folder.
+            overwrite: replace an existing collection of that name.
+        """
+        self._refuse_multi_vector("Milvus search")
+        from ret2.milvus import write_collection
+
+        embeddings = self.embeddings()
+        target = {"uri": uri if "://" in uri else str(Path(uri).absolute()), "collection": collection,
+                  "index_type": index_type}  # fmt: skip
+        write_collection(target, embeddings.ids, embeddings.shards, token=token, overwrite=overwrite)
+        self.meta["milvus"] = target
+        self._save()
+        return target
+
+
+def _model_config(name_or_path: str) -> dict:
+    """The model's config.json (a folder, or a Hub id's downloaded snapshot)."""
+    from transformers.utils import cached_file
+
+    path = Path(name_or_path) / "config.json" if os.path.isdir(name_or_path) else cached_file(name_or_path, "config.json")
+    return json.loads(Path(path).read_text())
