@@ -239,23 +239,6 @@ def test_hnsw_helpers_against_exact_search():
         build_hnsw([docs.reshape(1000, 3, 16)])
 
 
-def test_readme_snippet_runs_as_written(model_dir, photos, tmp_path, monkeypatch, capsys):
-    """The README's "Search your own images and text" block, with the model path filled in."""
-    import re
-    from pathlib import Path
-
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    section = readme[readme.index("## Search your own images and text"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    assert len(code.strip().splitlines()) <= 6
-    monkeypatch.chdir(tmp_path)
-    os.symlink(photos, tmp_path / "photos")
-    pattern(77).save(tmp_path / "query.jpg")
-    namespace = {}
-    exec(code.replace("runs/demo/seed-42/ret2-model", model_dir), namespace)
-    assert len(capsys.readouterr().out.splitlines()) == 5 and len(namespace["hits"]) == 5
-
-
 def test_add_takes_documents_whose_images_live_elsewhere(model_dir, photos, tmp_path):
     """`add` resolves image paths as `build` does (the jsonl's folder, or `image_root=`), each part keeps its own image
     root, and a missing image is named by the user's file and line before anything is written."""

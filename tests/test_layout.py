@@ -177,8 +177,8 @@ def test_cli_errors_end_in_one_line(tmp_path):
 
 def test_readme_first_screen_reaches_the_installed_commands_and_names_a_model_a_new_user_has():
     """After the two opening commands, the README says how to put the installed `ret2-*` commands on the PATH
-    (before any of them is used), installs extras from the checkout (the package is not on PyPI), and its examples
-    use the model the demo saves by default, not a placeholder."""
+    (before any of them is used), installs extras from the checkout (the package is not on PyPI), and its examples (and
+    those of the guides in docs/ it links to) use the model the demo saves by default, not a placeholder."""
     from ret2.demo.__main__ import parse_args
 
     readme = (REPO / "README.md").read_text()
@@ -186,7 +186,9 @@ def test_readme_first_screen_reaches_the_installed_commands_and_names_a_model_a_
     assert readme.index("./run.sh test") < activate < readme.index("## What ReT-2 is")
     commands = ("ret2-demo", "ret2-train", "ret2-eval-mbeir", "ret2-index")
     assert activate < min(readme.index(f"{name} ") for name in commands)
-    assert 'pip install "ret2[' not in readme and 'pip install -e ".[milvus]"' in readme
+    assert 'pip install "ret2[' not in readme and 'pip install -e ".[milvus,sentence-transformers]"' in readme
     args = parse_args([])
     demo_model = f"{args.output_dir}/seed-{args.seeds[0]}/ret2-model"
-    assert "path/or/hub-id" not in readme and readme.count(demo_model) >= 10
+    guides = [(REPO / "docs" / name).read_text() for name in ("using.md", "your-collection.md", "evaluation.md")]
+    assert "path/or/hub-id" not in readme and readme.count(demo_model) >= 4
+    assert all(guide.count(demo_model) >= 3 for guide in guides)  # the guides' examples use it too
