@@ -15,8 +15,9 @@ import torch
 from PIL import Image, ImageOps
 from transformers import BatchFeature, ProcessorMixin
 
-# The image file extensions sentence-transformers reads a string as an image path for (with the file existing).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
+# The image file extensions of the package: a string ending in one (with the file existing) is an image path to the
+# sentence-transformers module, and a folder's files with one are its images to `ret2.records`.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 # How the pixels of an image file are read (docs/images.md). "stored": as the file stores them, EXIF orientation not
 # applied, as the M-BEIR and M2KR benchmarks (UniIR, ReT) read their images; evaluation and training on them use it.

@@ -11,8 +11,6 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping, Union
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
 # A source of records (see `raw_records`): a file or folder path, or records (a list of dicts, a datasets.Dataset).
 Records = Union[str, os.PathLike, Iterable[Mapping]]
 
@@ -46,7 +44,9 @@ def relative_image(image: str | os.PathLike, root: Path, where: str) -> str:
 
 def _image_folder(folder: Path) -> Iterable[tuple[str, dict]]:
     """Raw records of a folder of images: id = path relative to the folder, text = `name.txt` beside it if any."""
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    from modeling_ret2.processing_ret2 import IMAGE_EXTENSIONS  # the processor's list (importing it loads transformers)
+
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
         relative = path.relative_to(folder).as_posix()
         caption = path.with_suffix(".txt")
         text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else None

@@ -5,7 +5,7 @@ import pytest
 
 from ret2.data.synthetic import generate_mbeir
 from ret2.tiny import tiny_model_and_processor
-from ret2.training.train import DataArguments, ModelArguments, build_datasets, load_model_and_processor
+from ret2.training.train import DataArguments, ModelArguments, build_datasets, load_training_model
 from ret2.training.train import parse_config_overrides
 
 
@@ -51,10 +51,10 @@ def train_set(tmp_path_factory):
 
 def test_a_new_tiny_model_gets_the_overrides(train_set):
     overrides = "gated=false,recurrent=false,text_layer_ids=[3],vision_layer_ids=[3]"
-    model, _ = load_model_and_processor(ModelArguments(model="tiny", config_overrides=overrides), train_set, seed=0)
+    model, _ = load_training_model(ModelArguments(model="tiny", config_overrides=overrides), train_set, seed=0)
     config = model.config
     assert (config.gated, config.recurrent, config.text_layer_ids, config.vision_layer_ids) == (False, False, [3], [3])
-    default = load_model_and_processor(ModelArguments(model="tiny"), train_set, seed=0)[0].config
+    default = load_training_model(ModelArguments(model="tiny"), train_set, seed=0)[0].config
     assert (default.gated, default.recurrent, default.text_layer_ids) == (True, True, [0, 2, 3])
 
 
@@ -63,7 +63,7 @@ def test_a_saved_ret2_folder_accepts_only_its_own_values(tmp_path, train_set):
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     same = ModelArguments(model=str(tmp_path), config_overrides="gated=false")
-    assert load_model_and_processor(same, train_set, seed=0)[0].config.gated is False
+    assert load_training_model(same, train_set, seed=0)[0].config.gated is False
     other = ModelArguments(model=str(tmp_path), config_overrides="gated=true,recurrent=true")
     with pytest.raises(ValueError, match="cannot change the trained ReT-2 model .*: gated is False there, not True$"):
-        load_model_and_processor(other, train_set, seed=0)
+        load_training_model(other, train_set, seed=0)

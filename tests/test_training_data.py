@@ -11,7 +11,7 @@ from ret2.data.mbeir import (
 )
 from ret2.data.synthetic import generate_mbeir
 from ret2.training.collator import ContrastiveCollator, stable_id
-from ret2.training.dataset import CandidatePool, load_m2kr, load_mbeir
+from ret2.training.dataset import CandidatePool, m2kr_training_sets, mbeir_training_sets
 from ret2.tiny import tiny_processor, words_of
 
 
@@ -28,7 +28,7 @@ def cache(tmp_path_factory):
 
 def mbeir(root, cache, **kwargs):
     table = load_instructions(root / INSTRUCTIONS)
-    return load_mbeir(root / TRAIN_QUERIES, root / TRAIN_POOL, table, cache_dir=cache, **kwargs)
+    return mbeir_training_sets(root / TRAIN_QUERIES, root / TRAIN_POOL, table, cache_dir=cache, **kwargs)
 
 
 def records(path, key="qid"):
@@ -106,7 +106,7 @@ def test_eval_fraction_holds_out_a_seeded_disjoint_split(root, cache):
 
 def test_m2kr_training_data(root):
     m2kr = root / "m2kr"
-    train, _ = load_m2kr(m2kr / "infoseek_test.jsonl", m2kr / "infoseek_passages_test.jsonl", num_hard_negatives=1)
+    train, _ = m2kr_training_sets(m2kr / "infoseek_test.jsonl", m2kr / "infoseek_passages_test.jsonl", num_hard_negatives=1)
     first = json.loads((m2kr / "infoseek_test.jsonl").read_text().splitlines()[0])
     example = train[0]
     assert example["query"] == {"id": first["data_id"], "text": f"{first['instruction']} {first['question']}",
@@ -127,7 +127,7 @@ def test_missing_positive_is_named(root, cache, tmp_path):
     queries = tmp_path / "queries.jsonl"
     record = next(iter(records(root / TRAIN_QUERIES).values()))
     queries.write_text(json.dumps({**record, "pos_cand_list": ["9:99999"]}) + "\n")
-    train, _ = load_mbeir(queries, root / TRAIN_POOL, cache_dir=cache)
+    train, _ = mbeir_training_sets(queries, root / TRAIN_POOL, cache_dir=cache)
     with pytest.raises(ValueError, match=rf"query '{record['qid']}': none of its positives \['9:99999'\]"):
         train[0]
 

@@ -24,7 +24,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 BLACK_PIXEL = tuple(-m / s for m, s in zip(CLIP_MEAN, CLIP_STD))
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+BENCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 MODALITIES = ("text", "image", "image+text")
 
 
@@ -103,7 +103,7 @@ class ModelCache:
             else:
                 base = self.models.get((size, kind, "fp32"))
                 model = copy.deepcopy(base) if base is not None else build_model(size, kind, self.device)
-                self.models[key] = model.to(DTYPES[dtype])
+                self.models[key] = model.to(BENCH_DTYPES[dtype])
         return self.models[key]
 
     def drop(self, size: str) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from ret2.training.loss import ContrastiveLoss
 
-from .common import SIZES, DTYPES, build_model, make_inputs, peak_memory_bytes, summarise, time_calls
+from .common import SIZES, BENCH_DTYPES, build_model, make_inputs, peak_memory_bytes, summarise, time_calls
 
 logger = logging.getLogger("bench")
 
@@ -71,7 +71,7 @@ class TrainingStep:
         """One step. The gradients are freed at its end, so that between steps only weights and optimizer state are
         allocated: a step's peak memory above that is its activations, gradients and temporaries."""
         autocast = self.case.autocast
-        with torch.autocast(self.device.type, dtype=DTYPES[autocast]) if autocast else nullcontext():
+        with torch.autocast(self.device.type, dtype=BENCH_DTYPES[autocast]) if autocast else nullcontext():
             out = self.model(**self.batch)
             loss = self.loss_fn(out.query_embeds, out.doc_embeds, out.logit_scale)
         loss.backward()

@@ -30,7 +30,7 @@ from ret2.data.synthetic import generate_mbeir
 from transformers import TrainingArguments
 
 from ret2.cli import ArgumentParser, run_cli
-from ret2.training.train import DataArguments, ModelArguments, build_datasets, load_model_and_processor, train
+from ret2.training.train import DataArguments, ModelArguments, build_datasets, load_training_model, train
 
 from .common import machine_info
 
@@ -78,7 +78,7 @@ def run(work: Path, epochs: float, batch_size: int, learning_rate: float, seed: 
     cache = str(work / "datasets_cache")
     data_args = DataArguments(data_root=str(root), num_hard_negatives=HARD_NEGATIVES, dataset_cache_dir=cache)
     train_set, _ = build_datasets(data_args, seed)
-    before_model, processor = load_model_and_processor(ModelArguments(model="tiny"), train_set, seed)
+    before_model, processor = load_training_model(ModelArguments(model="tiny"), train_set, seed)
     before = hit_rate_per_row(before_model, processor, root, cache)
     training_args = dict(
         output_dir=str(work / "run"), per_device_train_batch_size=batch_size, num_train_epochs=epochs,

@@ -306,7 +306,7 @@ def training_datasets(
     return train, evaluation
 
 
-def load_mbeir(
+def mbeir_training_sets(
     queries: str | Path,
     pool: str | Path,
     instructions: Instructions = DEFAULT_INSTRUCTIONS,
@@ -327,7 +327,7 @@ def load_mbeir(
     )
 
 
-def load_m2kr(
+def m2kr_training_sets(
     queries: str | Path, passages: str | Path, eval_queries: str | Path | None = None, **kwargs
 ) -> tuple[ContrastiveDataset, ContrastiveDataset | None]:
     """(train, eval) datasets from ReT-M2KR query and passage jsonl files (read whole: the format mixes scalar and

@@ -22,7 +22,7 @@ from .dataset import CandidatePool, ContrastiveDataset, m2kr_query
 from .train import DataArguments, ModelArguments, train
 from .trainer import ContrastiveTrainer
 
-SIDES = ("query", "doc")
+PAIR_SIDES = ("query", "doc")
 
 
 def pairs_dataset(source: Records, image_root: str | Path | None = None, seed: int = 0) -> tuple[ContrastiveDataset, Path]:
@@ -33,7 +33,7 @@ def pairs_dataset(source: Records, image_root: str | Path | None = None, seed: i
     queries, docs = [], {}
     for n, (where, record) in enumerate(raw):
         sides = {}
-        for side in SIDES:
+        for side in PAIR_SIDES:
             text, image = record.get(f"{side}_text") or None, record.get(f"{side}_image") or None
             if text is None and image is None:
                 raise ValueError(f"{where}: pair has neither {side}_text nor {side}_image (fields: {sorted(record)})")

@@ -47,7 +47,9 @@ from configuration_ret2.configuration_ret2 import FIELD_RULES
 from modeling_ret2 import Ret2Model, Ret2Processor
 
 from .collator import ContrastiveCollator
-from .dataset import FORMATS, ContrastiveDataset, StreamingContrastiveDataset, load_m2kr, load_mbeir
+from .dataset import (
+    FORMATS, ContrastiveDataset, StreamingContrastiveDataset, m2kr_training_sets, mbeir_training_sets,
+)  # fmt: skip
 from .lora import DEFAULT_LORA_TARGETS, apply_lora
 from ret2.tiny import tiny_model_and_processor, words_of
 
@@ -178,14 +180,14 @@ def build_datasets(
             raise ValueError("--format m2kr needs --m2kr_queries and --m2kr_passages")
         if args.streaming:
             raise ValueError("--streaming reads M-BEIR query files only; ReT-M2KR files are read whole")
-        return load_m2kr(queries, passages, _path(root, args.eval_queries), **common)
+        return m2kr_training_sets(queries, passages, _path(root, args.eval_queries), **common)
     queries, pool = _path(root, args.train_queries, TRAIN_QUERIES), _path(root, args.train_pool, TRAIN_POOL)
     if queries is None or pool is None:
         raise ValueError("give --data_root, or both --train_queries and --train_pool")
     instructions = _path(root, args.instructions, INSTRUCTIONS)
     if args.instructions is None and (instructions is None or not instructions.is_file()):
         instructions = None
-    return load_mbeir(
+    return mbeir_training_sets(
         queries,
         pool,
         load_instructions(instructions) if instructions is not None else DEFAULT_INSTRUCTIONS,
@@ -197,7 +199,7 @@ def build_datasets(
     )
 
 
-def load_model_and_processor(
+def load_training_model(
     args: ModelArguments, train_set: ContrastiveDataset | StreamingContrastiveDataset, seed: int
 ) -> tuple[Ret2Model | PeftModel, Ret2Processor]:
     """The model to train (a peft model with `--lora_r`) and its processor."""
@@ -262,7 +264,7 @@ def train(
     set_seed(training_args.seed)
     with training_args.main_process_first(desc="reading the training data"):
         train_set, eval_set = datasets if datasets is not None else build_datasets(data_args, training_args.seed)
-    model, processor = load_model_and_processor(model_args, train_set, training_args.seed)
+    model, processor = load_training_model(model_args, train_set, training_args.seed)
     from .trainer import ContrastiveTrainer  # here: transformers' Trainer imports datasets (--help stays light)
 
     trainer = ContrastiveTrainer(
