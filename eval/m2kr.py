@@ -22,11 +22,13 @@ from typing import Sequence
 from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.distributed import finish
 from ret2.data.images import ImageLoader
-from ret2.encoding import EncodeOptions, Encoder, Item, ItemList, Pool
+from ret2.cache import Pool
+from ret2.encoding import Item, ItemList
 from ret2.data.m2kr import M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
 from ret2.metrics import compute_retrieval_metrics
 from ret2.search import search
 
+from .encoder import EncodeOptions, Encoder
 from .report import add_evaluation_arguments, print_report, write_report, write_trec
 
 logger = logging.getLogger(__name__)

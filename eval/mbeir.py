@@ -32,7 +32,8 @@ import torch
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.distributed import finish, main_first
-from ret2.encoding import EncodeOptions, Embeddings, Encoder, Item, Pool
+from ret2.cache import Embeddings, Pool
+from ret2.encoding import Item
 from ret2.data.mbeir import (
     DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
     load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries,
@@ -41,6 +42,7 @@ from ret2.jsonl import record_line
 from ret2.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from ret2.search import search
 
+from .encoder import EncodeOptions, Encoder
 from .report import add_evaluation_arguments, print_report, write_report, write_trec
 
 logger = logging.getLogger(__name__)

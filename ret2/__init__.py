@@ -4,9 +4,10 @@
 
 The model, its config and its processor live in the remote-code modules `modeling_ret2` / `configuration_ret2`
 (what a saved folder carries); this namespace re-exports them beside the library: `ret2.data` (benchmark formats,
-images, the data generator), `ret2.records` (documents from files, folders and datasets), `ret2.encoding` /
-`ret2.search` (cached encoding, exact search), `ret2.training`, `ret2.eval` (M-BEIR / M2KR), `ret2.index` (your own
-collection: exact, HNSW or Milvus search), `ret2.rag`, `ret2.conversion` (ReT-1), `ret2.publish` (the Hub).
+images, the data generator), `ret2.records` (documents from files, folders and datasets), `ret2.encoding`,
+`ret2.cache` and `ret2.search` (encoding, the embedding cache, exact search), `ret2.training`, `ret2.eval` (M-BEIR /
+M2KR), `ret2.index` (your own collection: exact, HNSW or Milvus search), `ret2.rag`, `ret2.conversion` (ReT-1),
+`ret2.publish` (the Hub).
 
 The names are imported on first use, so `import ret2` (and every command's `--help`) stays light.
 """

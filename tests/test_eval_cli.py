@@ -15,7 +15,8 @@ import torch
 
 from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
-from ret2.encoding import Embeddings, cache_folder, encode_items, encode_pool, load_pool, model_fingerprint
+from ret2.cache import Embeddings, cache_folder, encode_pool, load_pool
+from ret2.encoding import encode_items, model_fingerprint
 from ret2.data.m2kr import M2KR_DATASETS
 from ret2.data.mbeir import EVAL_ROWS, GLOBAL_POOL, load_instructions
 from ret2.jsonl import read_json_lines
@@ -187,7 +188,7 @@ def test_half_written_shard_is_re_encoded(model_dir, data, tmp_path, caplog):
     full = shards[1].read_bytes()
     shards[1].write_bytes(full[: len(full) // 2])
     shards[2].with_suffix(".json").unlink()
-    with caplog.at_level(logging.WARNING, logger="ret2.encoding"):
+    with caplog.at_level(logging.WARNING, logger="ret2.cache"):
         again = run_mbeir(model_dir, data, tmp_path, "--pool", "local", "--tasks", "webqa_task1")
     assert again == first and shards[1].read_bytes() == full
     warned = [r.getMessage() for r in caplog.records if "re-encoding" in r.getMessage()]

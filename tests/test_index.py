@@ -106,7 +106,7 @@ def test_bad_records_are_named(tmp_path):
 def test_killed_build_resumes_to_the_same_index(model_dir, tmp_path, monkeypatch):
     records = _records(tmp_path, n=23)
     full = Ret2Index.build(tmp_path / "full", records, model=model_dir, image_root=tmp_path, shard_size=5, batch_size=3)
-    import ret2.encoding as encoding
+    import ret2.cache as cache
 
     real_save, written = np.save, []
 
@@ -116,10 +116,10 @@ def test_killed_build_resumes_to_the_same_index(model_dir, tmp_path, monkeypatch
         written.append(1)
         real_save(f, array)
 
-    monkeypatch.setattr(encoding.np, "save", dying_save)
+    monkeypatch.setattr(cache.np, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         Ret2Index.build(tmp_path / "killed", records, model=model_dir, image_root=tmp_path, shard_size=5, batch_size=3)
-    monkeypatch.setattr(encoding.np, "save", real_save)
+    monkeypatch.setattr(cache.np, "save", real_save)
     cache = next((tmp_path / "killed" / "cache" / "part-00000").iterdir())
     assert sorted(p.name for p in cache.glob("*.npy")) == ["shard-00000.npy", "shard-00001.npy"]
     mtimes = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npy")}

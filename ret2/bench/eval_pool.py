@@ -1,5 +1,5 @@
 """Evaluation-pool benchmark: encode a large synthetic candidate pool into the shard cache, then search it, with a
-tiny ReT-2 (random weights, 768-d output) through the code the evaluation CLIs run (`ret2.encoding`, `ret2.search`).
+tiny ReT-2 (random weights, 768-d output) through the code the evaluation CLIs run (`ret2.encoding`, `ret2.cache`, `ret2.search`).
 
     python -m ret2.bench.eval_pool [--sizes 25000 100000] [--json bench-eval-pool.json]
 
@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ret2.encoding import (
-    SHARD_SIZE, Item, cache_folder, encode_items, encode_pool, load_model_and_processor, load_pool, model_fingerprint,
-)
+from ret2.cache import SHARD_SIZE, cache_folder, encode_pool, load_pool
+from ret2.encoding import Item, encode_items, load_model_and_processor, model_fingerprint
 from ret2.eval.mbeir import candidate_pool
 from ret2.data.mbeir import EVAL_ROWS, read_queries
 from ret2.search import search

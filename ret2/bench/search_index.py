@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
-from ret2.encoding import SHARD_SIZE
+from ret2.cache import SHARD_SIZE
 from ret2.search import build_hnsw, recall_at_k, search, search_hnsw
 
 logger = logging.getLogger("ret2.bench")

@@ -25,7 +25,7 @@ from ret2.cli import ArgumentParser
 from ret2.data.mbeir import EVAL_ROWS
 from ret2.data.synthetic import generate_mbeir
 from ret2.distributed import available_cores
-from ret2.encoding import EncodeOptions
+from ret2.eval.encoder import EncodeOptions
 from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
 from ret2.training.collator import ContrastiveCollator
 from ret2.training.train import DataArguments, ModelArguments, build_datasets, train

@@ -10,7 +10,7 @@ Documents come from a jsonl or csv file of records (`id`, `text`, `image`: a pat
 other field kept as metadata), a `datasets.Dataset` with those columns, or a folder of images (the id is the path
 relative to the folder; `name.txt` beside `name.jpg` is its text). Each `build` / `add` writes one *part*: its
 records (`parts/part-00000.jsonl`, image paths relative to the part's own image root, so documents added later may
-live anywhere) and their embeddings, encoded through the evaluation's shard cache (`ret2.encoding.encode_pool`: fp16
+live anywhere) and their embeddings, encoded through the evaluation's shard cache (`ret2.cache.encode_pool`: fp16
 shards written atomically under `cache/`, keyed by the part's content, so a copied index folder keeps them), so a
 killed build resumes from the last finished shard when the same command runs again. `index.json` holds the model
 (name or path and `model_fingerprint`), the encoding settings and the parts; `model_config.json` is a copy of the

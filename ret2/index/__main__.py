@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
-from ret2.encoding import DTYPES, IMAGE_ORIENTATIONS, SHARD_SIZE
+from ret2.cache import SHARD_SIZE
+from ret2.data.images import IMAGE_ORIENTATIONS
+from ret2.encoding import DTYPES
 from ret2.index import ENGINES
 
 if TYPE_CHECKING:

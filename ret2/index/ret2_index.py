@@ -14,20 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ret2.encoding import (
-    DTYPES,
-    SHARD_SIZE,
-    Embeddings,
-    Item,
-    Pool,
-    cache_folder,
-    check_orientation,
-    encode_pool,
-    load_model_and_processor,
-    load_pool,
-    model_fingerprint,
-    write_atomic,
-)
+from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool, write_atomic
+from ret2.data.images import check_orientation
+from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint
 from ret2.index import ENGINES
 from ret2.records import Records, read_records
 from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw, unit_rows
