@@ -13,9 +13,8 @@ from huggingface_hub import ModelCard
 from remote_code import load_in_clean_process
 
 from ret2.encoding import model_fingerprint
-from ret2.publish import (
-    M2KR_ID, MBEIR_ID, PublishError, build_parser, datasets_of, main, metrics_markdown, publish, verify_in_clean_process,
-)
+from ret2.model_card import M2KR_ID, MBEIR_ID, datasets_of, metrics_markdown
+from ret2.publish import PublishError, build_parser, main, publish, verify_in_clean_process
 from modeling_ret2 import Ret2Model
 from ret2.tiny import tiny_model_and_processor
 
