@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -10,6 +11,8 @@ from PIL import Image
 from ret2.tiny import tiny_model_and_processor
 
 torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout: tests/ sits at its root
 
 WORDS = "red green blue yellow circle square triangle star left right top bottom small big".split()
 

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import WORDS, pattern
+from conftest import REPO, WORDS, pattern
 
 from ret2.tiny import tiny_model_and_processor
 
-REPO = Path(__file__).resolve().parents[1]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 LANGUAGES = {"bash": "shell", "sh": "shell", "shell": "shell", "python": "python"}
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")

@@ -1,13 +1,11 @@
 import ast
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import pattern
+from conftest import REPO, pattern
 from remote_code import load_in_clean_process
 
-REPO = Path(__file__).resolve().parents[1]
 REMOTE_CODE_FILES = [
     REPO / "configuration_ret2" / "configuration_ret2.py",
     REPO / "modeling_ret2" / "modeling_ret2.py",

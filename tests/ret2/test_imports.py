@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 OURS = ("ret2", "modeling_ret2", "configuration_ret2")
 REMOTE = ("modeling_ret2", "configuration_ret2")
 

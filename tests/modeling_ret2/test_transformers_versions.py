@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, pattern
+from conftest import REPO, WORDS, pattern
 from remote_code import load_in_clean_process
 
 from configuration_ret2.configuration_ret2 import MIN_TRANSFORMERS_VERSION, check_transformers_version
@@ -26,7 +26,6 @@ from ret2.tiny import tiny_model_and_processor
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 TORCH = "torch==2.13.0"  # as run.sh pins it: an unpinned torch resolves to a multi-GB CUDA build
 SUPPORTED = ["4.57.6", "5.24.0"]  # the last 4.x release and the newest 5.x this index serves
 

@@ -1,6 +1,6 @@
 """Bad model inputs and incomplete saved folders: a clear error that names the argument, never a silent wrong result.
 
-Each test pins one class of bad input (issue 14): non-finite or raw pixels, masks that are not 0/1 or not one entry
+Each test pins one class of bad input (docs/reliability.md): non-finite or raw pixels, masks that are not 0/1 or not one entry
 per sample, inputs that disagree on the batch size, an empty batch, an attention mask of another shape, token ids
 outside the vocabulary, and a saved folder with a weight missing.
 """

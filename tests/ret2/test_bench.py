@@ -5,19 +5,16 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import WORDS, pattern
+from conftest import REPO, WORDS, pattern
 from PIL import Image
 from torch import nn
 
 from ret2.bench.common import BLACK_PIXEL, build_model, count_flops, make_inputs, peak_memory_bytes
 from ret2.bench.reference_ret1 import ReferenceRet1
 from ret2.tiny import tiny_model_and_processor
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
@@ -351,7 +352,7 @@ def test_readme_eval_command_in_reduced_precision(model_dir, data, mbeir_run, tm
     its local-pool metrics stay close to the fp32 run's (same model, data and protocol)."""
     command = [sys.executable, "-m", "eval.mbeir", "--model", str(model_dir), "--data-root", str(data), "--pool",
                "local", "--output-dir", str(tmp_path), "--dtype", dtype, "--batch-size", "8", "--num-workers", "0"]
-    out = subprocess.run(command, cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    out = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "| **Average** |" in out.stdout
     reduced = json.loads((tmp_path / "results.json").read_text())["local"]

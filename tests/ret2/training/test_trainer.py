@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from remote_code import load_in_clean_process
 from transformers import AutoModel, TrainingArguments
 
@@ -20,8 +21,6 @@ from ret2.training.lora import LORA_STATE_NAME, apply_lora
 from ret2.tiny import tiny_model_and_processor, words_of
 from ret2.training.train import DataArguments, build_datasets, main
 from ret2.training.trainer import ContrastiveTrainer
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

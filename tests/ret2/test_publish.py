@@ -8,7 +8,7 @@ from types import ModuleType, SimpleNamespace
 
 import pytest
 import torch
-from conftest import WORDS, pattern
+from conftest import REPO, WORDS, pattern
 from huggingface_hub import ModelCard
 from remote_code import load_in_clean_process
 
@@ -419,7 +419,7 @@ def test_publishing_loads_the_processor_without_a_model_type_warning(checkpoint,
     import subprocess
 
     run = subprocess.run([sys.executable, "hub_upload.py", "--model", str(checkpoint), "--repo-id", "org/x",
-                          "--dry-run", str(tmp_path / "out")], cwd=Path(__file__).parents[1], capture_output=True,
+                          "--dry-run", str(tmp_path / "out")], cwd=REPO, capture_output=True,
                          text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "dry run: the repository is assembled in" in run.stdout

@@ -1,5 +1,5 @@
 """Worker for ``test_loss.py::test_ddp_matches_single_process``; run as
-``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/dist_loss_worker.py OUT_DIR``.
+``python -m torch.distributed.run --standalone --nproc_per_node 2 tests/ret2/training/dist_loss_worker.py OUT_DIR``.
 
 Each rank first computes the single-process reference on the whole global batch (before the process
 group exists, so nothing is gathered), then the loss on its own half inside DistributedDataParallel

@@ -5,16 +5,14 @@ import math
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
 from modeling_ret2 import similarity
 from ret2.training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -145,7 +143,7 @@ def test_ddp_matches_single_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.run(
-        [*cmd, str(REPO / "tests" / "dist_loss_worker.py"), str(tmp_path)],
+        [*cmd, str(REPO / "tests" / "ret2" / "training" / "dist_loss_worker.py"), str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     if proc.returncode != 0:

@@ -1,10 +1,12 @@
+"""`ret2.search.search`: faiss and torch give the same exact ranking, chunked scans, late interaction, renormalised
+stored vectors, the torch fallback, and the errors."""
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ret2 import search as search_module
-from ret2.eval.report import write_trec
 from ret2.search import search
 from modeling_ret2 import Ret2Model
 
@@ -104,11 +106,3 @@ def test_k_is_capped_by_the_pool_and_errors(single):
         search(unit_fp16((2, 3, 16), 0), [unit_fp16((5, 3, 16), 1)], 2, backend="faiss")
     with pytest.raises(ValueError, match="not one of"):
         search(queries, [docs], 5, backend="annoy")
-
-
-def test_write_trec(tmp_path):
-    path = tmp_path / "run.trec"
-    write_trec(path, ["q1", "q2"], ["d0", "d1", "d2"], np.array([[2, 0], [1, 2]]), np.array([[0.9, 0.5], [0.7, 0.1]]), "r")
-    assert path.read_text().splitlines() == [
-        "q1 Q0 d2 1 0.900000 r", "q1 Q0 d0 2 0.500000 r", "q2 Q0 d1 1 0.700000 r", "q2 Q0 d2 2 0.100000 r",
-    ]

@@ -1,14 +1,14 @@
 """Retrieval metrics on hand-computed cases, and the `evaluate` module giving the same numbers."""
 
 import math
-from pathlib import Path
 
 import evaluate
 import pytest
+from conftest import REPO
 
 from ret2.metrics import compute_retrieval_metrics, hit_rate_at_k, mrr_at_k, ndcg_at_k, pseudo_recall_at_k
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "ret2" / "metrics"
+METRICS_DIR = REPO / "ret2" / "metrics"
 L3 = 1 / math.log2(3)  # discount of rank 2: 0.6309...
 L5 = 1 / math.log2(5)  # discount of rank 4: 0.4307...
 
