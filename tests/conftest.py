@@ -35,6 +35,16 @@ def tiny():
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tiny, tmp_path_factory) -> Path:
+    """`tiny` (model and processor) saved to a folder, as a checkpoint on disk; tests only read it."""
+    model, processor = tiny
+    folder = tmp_path_factory.mktemp("tiny-model") / "ret2-tiny"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def mixed_batch(tiny):
     """Texts and images with every modality combination."""
     _, processor = tiny

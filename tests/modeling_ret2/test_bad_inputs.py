@@ -187,10 +187,9 @@ def test_missing_weights_load_when_asked(tiny, tmp_path):
     assert isinstance(Ret2Model.from_pretrained(tmp_path, allow_missing_weights=True), Ret2Model)
 
 
-def test_complete_folder_loads_with_loading_info(tiny, tmp_path):
+def test_complete_folder_loads_with_loading_info(tiny, tiny_model_dir):
     model, _ = tiny
-    model.save_pretrained(tmp_path)
-    loaded, info = Ret2Model.from_pretrained(tmp_path, output_loading_info=True)
+    loaded, info = Ret2Model.from_pretrained(tiny_model_dir, output_loading_info=True)
     assert info["missing_keys"] == set() and isinstance(loaded, Ret2Model)
     assert torch.equal(loaded.logit_scale, model.logit_scale)
 

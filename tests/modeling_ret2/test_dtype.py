@@ -9,15 +9,6 @@ TEXTS = ["a red circle on the left", "a big blue square", "green star top", "sma
          "red square bottom", "big green triangle", "small star right"]  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def saved(tiny, tmp_path_factory):
-    model, processor = tiny
-    folder = tmp_path_factory.mktemp("dtype") / "ret2-tiny"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def embeddings(model, processor):
     """Text-only queries and image+text documents of a small retrieval set."""
     queries = processor(text=TEXTS, return_tensors="pt")
@@ -28,14 +19,14 @@ def embeddings(model, processor):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("route", ["from_pretrained", "to"])
-def test_reduced_precision_matches_float32(saved, tiny, route, dtype):
+def test_reduced_precision_matches_float32(tiny_model_dir, tiny, route, dtype):
     """Each embedding has cosine >= 0.99 with its float32 twin, and every query retrieves the same top-1 document."""
     _, processor = tiny
-    reference = AutoModel.from_pretrained(saved, trust_remote_code=True).eval()
+    reference = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
     if route == "from_pretrained":
-        model = AutoModel.from_pretrained(saved, trust_remote_code=True, dtype=dtype).eval()
+        model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=dtype).eval()
     else:
-        model = AutoModel.from_pretrained(saved, trust_remote_code=True).eval().to(dtype)
+        model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval().to(dtype)
     assert model.dtype == dtype
     queries32, documents32 = embeddings(reference, processor)
     queries, documents = embeddings(model, processor)
@@ -46,10 +37,10 @@ def test_reduced_precision_matches_float32(saved, tiny, route, dtype):
     assert torch.equal(top1, reference.similarity(queries32, documents32).argmax(-1))
 
 
-def test_raw_encode_in_bfloat16(saved, tiny):
+def test_raw_encode_in_bfloat16(tiny_model_dir, tiny):
     """The one-call encode feeds float32 pixels to a bf16 model (cast inside) and returns float32 numpy."""
     _, processor = tiny
-    model = AutoModel.from_pretrained(saved, trust_remote_code=True, dtype=torch.bfloat16).eval()
+    model = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True, dtype=torch.bfloat16).eval()
     items = [(TEXTS[0], pattern(0)), pattern(1), TEXTS[2]]
     out = model.encode(items, kind="document")
     assert out.dtype.name == "float32" and out.shape == (3, model.config.embedding_dim)

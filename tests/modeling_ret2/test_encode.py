@@ -61,11 +61,9 @@ def test_encode_equals_tensor_path_mixed_and_shuffled(tiny, files, kind, num_wor
     assert np.abs(out - expected.numpy()).max() <= 1e-6
 
 
-def test_encode_loads_the_saved_processor_and_returns_torch(tiny, tmp_path):
+def test_encode_loads_the_saved_processor_and_returns_torch(tiny, tiny_model_dir):
     model, processor = tiny
-    model.save_pretrained(tmp_path)
-    processor.save_pretrained(tmp_path)
-    loaded = AutoModel.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    loaded = AutoModel.from_pretrained(tiny_model_dir, trust_remote_code=True).eval()
     out = loaded.encode(["a red circle", pattern(1)], kind="query", convert_to="torch")
     expected = tensor_path(model, processor, ["a red circle", None], [None, pattern(1)], "query")
     assert isinstance(out, torch.Tensor) and out.device == loaded.device and out.dtype == loaded.dtype

@@ -42,11 +42,9 @@ def test_config_class_is_one_class():
 
 
 @pytest.mark.slow
-def test_model_and_processor_round_trip_in_clean_process(tiny, tmp_path):
+def test_model_and_processor_round_trip_in_clean_process(tiny, tiny_model_dir, tmp_path):
     model, processor = tiny
-    folder = tmp_path / "ret2-tiny"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
+    folder = tiny_model_dir
     assert {"configuration_ret2.py", "modeling_ret2.py", "processing_ret2.py"} <= {p.name for p in folder.iterdir()}
     texts = ["a red circle on the left", None, "big blue square"]
     for i in (1, 2):

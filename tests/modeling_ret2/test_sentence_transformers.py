@@ -49,9 +49,9 @@ def expected(model, processor, paths, kind):
         return (model.encode_queries if kind == "query" else model.encode_documents)(**inputs)
 
 
-def test_folder_loads_and_encodes_like_the_model(tiny, images, tmp_path):
+def test_folder_loads_and_encodes_like_the_model(tiny, tiny_model_dir, images):
     model, processor = tiny
-    folder = save(model, processor, tmp_path / "ret2")
+    folder = tiny_model_dir
     assert json.loads((folder / "modules.json").read_text())[0]["type"] == "sentence_ret2.Ret2SentenceTransformersModule"
     encoder = st.SentenceTransformer(str(folder), trust_remote_code=True, device="cpu")
     assert encoder.similarity_fn_name == "cosine"
@@ -85,9 +85,8 @@ def test_multi_vector_folder_refuses(tmp_path):
         st.SentenceTransformer(str(folder), trust_remote_code=True)
 
 
-def test_saved_by_sentence_transformers_reloads(tiny, tmp_path):
-    model, processor = tiny
-    encoder = st.SentenceTransformer(str(save(model, processor, tmp_path / "a")), trust_remote_code=True)
+def test_saved_by_sentence_transformers_reloads(tiny_model_dir, tmp_path):
+    encoder = st.SentenceTransformer(str(tiny_model_dir), trust_remote_code=True)
     encoder.save(str(tmp_path / "b"))
     again = st.SentenceTransformer(str(tmp_path / "b"), trust_remote_code=True)
     texts = ["a red circle", "big blue square"]
@@ -95,10 +94,10 @@ def test_saved_by_sentence_transformers_reloads(tiny, tmp_path):
 
 
 @pytest.mark.slow
-def test_loads_in_clean_process(tiny, images, tmp_path):
+def test_loads_in_clean_process(tiny, tiny_model_dir, images, tmp_path):
     """Where only the folder exists (our packages refused at import), sentence-transformers loads it and matches."""
     model, processor = tiny
-    folder = save(model, processor, tmp_path / "ret2")
+    folder = tiny_model_dir
     torch.save(expected(model, processor, images, "query"), tmp_path / "expected.pt")
     out = load_in_clean_process(
         tmp_path,
@@ -167,12 +166,11 @@ def test_the_folder_pushed_to_the_hub_is_a_sentence_transformers_model(push, tin
     torch.testing.assert_close(documents, expected(model, processor, images, "document"), atol=1e-5, rtol=0)
 
 
-def test_max_seq_length_is_the_text_towers_limit_and_truncates_when_set(tiny, tmp_path):
+def test_max_seq_length_is_the_text_towers_limit_and_truncates_when_set(tiny, tiny_model_dir):
     """`max_seq_length` reports how many tokens of a text are read (the text tower's positions), not None; set lower,
     texts are cut there, as the model reads them cut by the processor's `max_length`."""
     model, processor = tiny
-    encoder = st.SentenceTransformer(str(save(model, processor, tmp_path / "ret2")), trust_remote_code=True,
-                                     device="cpu")  # fmt: skip
+    encoder = st.SentenceTransformer(str(tiny_model_dir), trust_remote_code=True, device="cpu")
     assert encoder.max_seq_length == model.config.text_config.max_position_embeddings == 64
     text = " ".join(WORDS * 3)  # 42 words
     encoder.max_seq_length = 5

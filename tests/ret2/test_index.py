@@ -16,13 +16,9 @@ from conftest import WORDS, pattern
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    """A tiny ReT-2 saved to a folder (its files are the model's identity)."""
-    model, processor = tiny_model_and_processor(WORDS, seed=0)
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return str(folder)
+def model_dir(tiny_model_dir) -> str:
+    """The saved tiny ReT-2 (its files are the model's identity), as the string the CLI takes."""
+    return str(tiny_model_dir)
 
 
 @pytest.fixture(scope="module")

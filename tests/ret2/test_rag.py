@@ -19,14 +19,26 @@ def m2kr(tmp_path_factory):
     return root / "m2kr"
 
 
-def test_rag_prompt_from_a_question_with_an_image(m2kr, tmp_path, capsys):
-    files = [m2kr / "oven_passages_test.jsonl", m2kr / "infoseek_passages_test.jsonl"]  # with / without images
+@pytest.fixture(scope="module")
+def passage_files(m2kr):
+    return [m2kr / "oven_passages_test.jsonl", m2kr / "infoseek_passages_test.jsonl"]  # with / without images
+
+
+@pytest.fixture(scope="module")
+def model_dir(passage_files, tmp_path_factory):
+    """A tiny ReT-2 over the passages' words, saved to a folder."""
+    model, processor = tiny_model_and_processor(words_of([r["text"] for r in passage_records(passage_files)]), seed=0)
+    folder = tmp_path_factory.mktemp("rag") / "model"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_rag_prompt_from_a_question_with_an_image(m2kr, passage_files, model_dir, tmp_path, capsys):
+    files = passage_files
     records = passage_records(files)
     assert records[0]["image"] == "images/oven/" + records[0]["image"].split("/")[-1] and records[-1]["image"] is None
-    model, processor = tiny_model_and_processor(words_of([r["text"] for r in records]), seed=0)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    kb = build_knowledge_base(tmp_path / "kb", files, tmp_path / "model", image_root=m2kr)
+    kb = build_knowledge_base(tmp_path / "kb", files, model_dir, image_root=m2kr)
     assert len(kb) == 16
     query = read_ret_m2kr_queries(m2kr / "infoseek_test.jsonl")[0]
     question, image = "What is this star called?", m2kr / query["img_path"]
@@ -46,21 +58,19 @@ def test_rag_prompt_from_a_question_with_an_image(m2kr, tmp_path, capsys):
     assert capsys.readouterr().out.strip() == prompt
 
 
-def test_rag_command_builds_the_knowledge_base_from_passage_files_with_no_field_flags(m2kr, tmp_path):
+def test_rag_command_builds_the_knowledge_base_from_passage_files_with_no_field_flags(m2kr, passage_files, model_dir,
+                                                                                      tmp_path):
     """`python -m ret2.rag KB --passages FILE... --model M ...` reads ReT-M2KR passage files as they are (no
     --id-field / --text-field / --image-field; images relative to the files' folder, the ReT-M2KR root), prints the
     prompt, and a later call without --passages asks the same knowledge base."""
-    files = [m2kr / "oven_passages_test.jsonl", m2kr / "infoseek_passages_test.jsonl"]
-    model, processor = tiny_model_and_processor(words_of([r["text"] for r in passage_records(files)]), seed=0)
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
+    files = passage_files
     question, image = "What is this star called?", m2kr / read_ret_m2kr_queries(m2kr / "oven_test.jsonl")[0]["img_path"]
     ask = [sys.executable, "-m", "ret2.rag", str(tmp_path / "kb"), "--question", question, "--image", str(image), "-k",
            "3"]  # fmt: skip
-    first = subprocess.run([*ask, "--passages", *map(str, files), "--model", str(tmp_path / "model")],
+    first = subprocess.run([*ask, "--passages", *map(str, files), "--model", str(model_dir)],
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert first.returncode == 0, first.stderr
-    kb = build_knowledge_base(tmp_path / "kb-here", files, tmp_path / "model", image_root=m2kr)
+    kb = build_knowledge_base(tmp_path / "kb-here", files, model_dir, image_root=m2kr)
     prompt = build_prompt(question, retrieve(kb, question, image, k=3))
     assert first.stdout.strip() == prompt
     again = subprocess.run(ask, capture_output=True, text=True, timeout=300)
