@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import transformers
 
-# The oldest transformers a saved ReT-2 model loads on (4.57.6 and 5.24.0 tested: tests/test_transformers_versions.py).
+# The oldest transformers a saved ReT-2 model loads on (4.57.6 and 5.24.0 tested: tests/modeling_ret2/test_transformers_versions.py).
 MIN_TRANSFORMERS_VERSION = "4.57.0"
 
 

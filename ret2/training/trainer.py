@@ -174,7 +174,7 @@ class ContrastiveTrainer(Trainer):
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         # The one private hook left: a LoRA checkpoint's model.safetensors holds the merged plain model (what
         # AutoModel loads), which the Trainer would load into the peft model key by key and match nothing; the run
-        # restarts from the unmerged trainable state instead. Pinned by tests/test_training.py's LoRA resume test.
+        # restarts from the unmerged trainable state instead. Pinned by tests/ret2/training/test_trainer.py's LoRA resume test.
         model = model if model is not None else self.model
         if not isinstance(model, PeftModel):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
