@@ -1,7 +1,7 @@
 """A saved ReT-2 folder loads, encodes and saves again on every supported transformers line, as a Hub user gets it.
 
-Each supported line gets its own virtual environment under `.venvs/transformers-<version>/` (ignored by git, reused
-while it imports): torch pinned as `run.sh` pins it, that transformers, safetensors, pillow, and the
+Each supported line gets its own virtual environment under `$RET2_VENV_CACHE/transformers-<version>/` (default
+`~/.cache/ret2/venvs`, outside the checkout, so a fresh clone, CI's included, reuses it while it imports): torch pinned as `run.sh` pins it, that transformers, safetensors, pillow, and the
 sentence-transformers version pip picks for that line; never our package. The folder, saved by the package, is
 loaded there with `AutoModel` / `AutoProcessor` (`trust_remote_code=True`) from a cwd where our package is not
 importable, and must give the package's embeddings. Building one environment took about 4 minutes on the 2-core
@@ -11,6 +11,7 @@ round trip itself takes about 40 s per line.
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, WORDS, pattern
+from conftest import WORDS, pattern
 from remote_code import load_in_clean_process
 
 from configuration_ret2.configuration_ret2 import MIN_TRANSFORMERS_VERSION, check_transformers_version
@@ -89,10 +90,13 @@ def _pip(python: Path, *requirements: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+VENV_CACHE = Path(os.environ.get("RET2_VENV_CACHE", Path.home() / ".cache" / "ret2" / "venvs"))
+
+
 def transformers_venv(version: str) -> Path:
-    """The python of `.venvs/transformers-<version>`, built unless it already imports torch 2.13.0 and that
+    """The python of `VENV_CACHE/transformers-<version>`, built unless it already imports torch 2.13.0 and that
     transformers. sentence-transformers is added where pip finds a release compatible with that transformers."""
-    folder = REPO / ".venvs" / f"transformers-{version}"
+    folder = VENV_CACHE / f"transformers-{version}"
     python = folder / "bin" / "python"
     probe = f"import torch, transformers, safetensors, PIL; assert transformers.__version__ == {version!r}"
     if python.exists() and subprocess.run([str(python), "-c", probe], capture_output=True).returncode == 0:
