@@ -77,6 +77,7 @@ def configure_logging() -> None:
     """Command logging: ret2's INFO messages (what is cached, what is skipped), other libraries' warnings only."""
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("ret2").setLevel(logging.INFO)
+    logging.getLogger("__main__").setLevel(logging.INFO)  # a command started as `python -m ret2.eval.m2kr`
 
 
 def run_cli(main: Callable[[list[str] | None], object], argv: Sequence[str] | None = None) -> None:

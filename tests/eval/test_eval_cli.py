@@ -252,10 +252,10 @@ def test_m2kr_end_to_end(model_dir, data, tmp_path):
 
 def test_m2kr_finds_the_generators_m2kr_folder_from_a_new_process(model_dir, data, tmp_path):
     """`ret2-synthetic` writes M-BEIR under ROOT and ReT-M2KR under ROOT/m2kr: `ret2-eval-m2kr --data-root ROOT`
-    evaluates ROOT/m2kr (images relative to it) with the same scores as `--data-root ROOT/m2kr`."""
+    evaluates ROOT/m2kr (images relative to it) with the same scores as `--data-root ROOT/m2kr`. Started as
+    `python -m`, its INFO lines (logger `__main__`) are shown like the installed command's."""
     common = ["--model", str(model_dir), "--device", "cpu", "--num-workers", "0", "--datasets", "OVEN"]
-    command = Path(sys.executable).parent / "ret2-eval-m2kr"  # the installed command
-    run = subprocess.run([str(command), "--data-root", str(data), "--output-dir", str(tmp_path / "root"), *common],
+    run = subprocess.run([sys.executable, "-m", "ret2.eval.m2kr", "--data-root", str(data), "--output-dir", str(tmp_path / "root"), *common],
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert f"M2KR data found under {data / 'm2kr'}" in run.stderr
