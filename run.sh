@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 setup() {
-    if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import modeling_ret2, ret2, faiss, peft, matplotlib, sentence_transformers, pymilvus" 2>/dev/null; then
+    if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import modeling_ret2, ret2, faiss, peft, matplotlib, sentence_transformers, pymilvus, xdist" 2>/dev/null; then
         python3 -m venv .venv
         # torch is pinned in the same command as the project: an unpinned torch resolves to a multi-GB CUDA build.
         .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[dev,sentence-transformers,milvus]"
@@ -21,6 +21,7 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 case "$job" in
     setup) ;;
     demo) exec .venv/bin/python -m ret2.demo "$@" ;;
-    test) HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest "$@" ;;
+    # one pytest worker per core (pytest-xdist), a test file per worker at a time: a file's module fixtures are built once
+    test) HF_HUB_OFFLINE=1 exec .venv/bin/python -m pytest -n auto --dist loadfile "$@" ;;
     *) echo "unknown job '$job'; valid: demo, test, setup" >&2; exit 2 ;;
 esac
