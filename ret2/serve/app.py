@@ -154,6 +154,8 @@ def create_app(service: Service) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # the first encode pays one-time costs (about 2 s on CPU here): paid before the first request, not by it
+        await asyncio.to_thread(service.encode, [("warm up", None)], "query")
         await batcher.start()
         yield
         await batcher.stop()
