@@ -87,7 +87,8 @@ class Service:
         if not texts:
             return 0
         tokenizer = self.processor.tokenizer
-        return sum(len(ids) for ids in tokenizer(texts, truncation=True, max_length=tokenizer.model_max_length)["input_ids"])
+        ids = tokenizer(texts, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
+        return sum(map(len, ids))
 
 
 def error_response(status: int, message: str, headers: dict | None = None) -> JSONResponse:

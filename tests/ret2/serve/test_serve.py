@@ -173,6 +173,9 @@ def test_every_bad_request_gets_its_4xx_and_the_server_stays_healthy(server, ind
                 path, body if isinstance(body, bytes) else str(body)[:80], response.text[:300])  # fmt: skip
             good = http.post("/v1/embeddings", json=_embed("a red circle"))
             np.testing.assert_allclose(good.json()["data"][0]["embedding"], expected[0], atol=1e-4)
+        # a body sent in chunks, without Content-Length: refused while it arrives
+        response = http.post("/v1/embeddings", content=iter([b"x" * 600_000, b"x" * 600_000]))
+        assert response.status_code == 413 and "max_body_bytes=1000000" in response.json()["error"]["message"]
         assert http.get("/health").json()["status"] == "ok"
     assert "Traceback" not in server.output()
 
