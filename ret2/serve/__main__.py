@@ -20,6 +20,14 @@ from ret2.cli import ArgumentParser, configure_logging, run_cli
 from .inputs import Limits
 
 KEY_VARIABLE = "RET2_API_KEY"
+LIMIT_HELP = {
+    "max_body_bytes": "limit: bytes of a request body (413 above)",
+    "max_items": "limit: inputs in one embedding request (422 above)",
+    "max_text_chars": "limit: characters of one text (422 above)",
+    "max_image_bytes": "limit: bytes of one image (413 above)",
+    "max_image_pixels": "limit: pixels of one image, read from its header before decoding (413 above)",
+    "max_k": "limit: results of one search (422 above)",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,13 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--image-root", type=Path, default=None,
                         help="a folder whose images requests may name by relative path (default: paths refused)")
     defaults = Limits()
-    for name in ("max_body_bytes", "max_items", "max_text_chars", "max_image_bytes", "max_image_pixels", "max_k"):
-        what = name.removeprefix("max_").replace("_", " ")
-        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name),
-                            help=f"limit: most {what} per request")  # fmt: skip
+    for name, what in LIMIT_HELP.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(defaults, name), help=what)
     args = parser.parse_args(argv)
-    for name in ("port", "max_batch_size", "max_body_bytes", "max_items", "max_text_chars", "max_image_bytes",
-                 "max_image_pixels", "max_k"):  # fmt: skip
+    for name in ("port", "max_batch_size", *LIMIT_HELP):
         if getattr(args, name) < (0 if name == "port" else 1):
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} must be positive")
     if args.max_wait_ms < 0:
