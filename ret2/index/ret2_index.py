@@ -368,7 +368,7 @@ class Ret2Index:
         batch = isinstance(queries, list)
         vectors = self.encode_queries(queries if batch else [queries])
         scores, rows = self.search_embeddings(vectors, k, engine, backend, ef_search)
-        hits = [[self._hit(int(r), float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+        hits = self.hits(scores, rows)
         return hits if batch else hits[0]
 
     def search_embeddings(
@@ -389,6 +389,10 @@ class Ret2Index:
         if self.meta["milvus"] is None:
             raise ValueError(f"index {self.folder} has no Milvus collection; call to_milvus() first")
         return search_collection(self.meta["milvus"], queries, min(k, len(self)))
+
+    def hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
+        """The `Hit`s of `search_embeddings`' (scores, rows), one list per query, best first (rows of -1 dropped)."""
+        return [[self._hit(int(r), float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
 
     def _hit(self, row: int, score: float) -> Hit:
         r, root = self._locate(row)
