@@ -3,9 +3,12 @@ and the qrels that `ret2-eval-mbeir` used, and every value is compared with its 
 
     python -m ret2.bench.trec_agreement --eval-dir results/mbeir --data-root data/synthetic [--rank-by score]
 
-UniIR's Recall@k (a hit rate) is ir-measures' `Success@k`; `mrr@10` is `RR@10` (MS MARCO's script, the provider
-ir-measures picks for a cut-off RR) and `ndcg@10` is `nDCG@10` (trec_eval). `--rank-by score` ranks each query's
-documents by the score column, as trec_eval does; `--rank-by rank` by the rank column (the evaluation's own order).
+UniIR's Recall@k (a hit rate) is `Success@k` and `ndcg@10` is `nDCG@10`, both computed by trec_eval. `mrr@10` is
+trec_eval's `RR` where the run holds 10 documents per query (then RR is RR@10), else `RR@10`, which ir-measures
+computes with MS MARCO's script: trec_eval has no cut-off RR. The two tools rank equal scores in opposite orders
+(trec_eval: document id descending, MS MARCO: ascending); the evaluation follows trec_eval (`ret2.eval.report.
+trec_order`). `--rank-by score` ranks each query's documents by the score column, as the tools do; `--rank-by rank`
+by the rank column (the evaluation's own order).
 Prints one line per pool and row with the largest difference, and the count of values that agree (to 1e-12: the tools
 sum in another order). Needs the `mteb` extra (`pip install -e ".[mteb]"`, which brings ir-measures).
 """
@@ -13,6 +16,7 @@ sum in another order). Needs the `mteb` extra (`pip install -e ".[mteb]"`, which
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 from ret2.cli import ArgumentParser, run_cli
@@ -40,8 +44,8 @@ def read_run(path: Path, rank_by: str) -> list:
 
 
 def compare(eval_dir: str | Path, data_root: str | Path, rank_by: str = "score") -> list[dict]:
-    """One dict per (pool, row) of `eval_dir/results.json`: `{"pool", "row", "ours": {metric: value}, "trec_eval":
-    {metric: value}}`, the metrics being the row's `recall@k`, `mrr@10` and `ndcg@10`."""
+    """One dict per (pool, row) of `eval_dir/results.json`: `{"pool", "row", "ours": {metric: value}, "external":
+    {metric: value}, "tools": {metric: measure}}`, the metrics being the row's `recall@k`, `mrr@10` and `ndcg@10`."""
     import ir_measures
     from ir_measures import RR, Success, nDCG
 
@@ -53,11 +57,15 @@ def compare(eval_dir: str | Path, data_root: str | Path, rank_by: str = "score")
         for stem, ours in results.get(pool, {}).items():
             if stem == "average":
                 continue
-            measures = {f"recall@{k}": Success @ k for k in rows[stem].ks} | {"mrr@10": RR @ 10, "ndcg@10": nDCG @ 10}
+            run = read_run(eval_dir / "runs" / pool / f"{stem}.trec", rank_by)
+            depth = max(Counter(doc.query_id for doc in run).values())
+            measures = {f"recall@{k}": Success @ k for k in rows[stem].ks}
+            measures |= {"mrr@10": RR if depth <= 10 else RR @ 10, "ndcg@10": nDCG @ 10}
             scored = ir_measures.calc_aggregate(list(measures.values()), read_qrels_4(rows[stem].qrels_path(data_root)),
-                                                read_run(eval_dir / "runs" / pool / f"{stem}.trec", rank_by))  # fmt: skip
+                                                run)  # fmt: skip
             out.append({"pool": pool, "row": stem, "ours": {name: ours[name] for name in measures},
-                        "trec_eval": {name: scored[m] for name, m in measures.items()}})  # fmt: skip
+                        "external": {name: scored[m] for name, m in measures.items()},
+                        "tools": {name: str(m) for name, m in measures.items()}})  # fmt: skip
     return out
 
 
@@ -69,12 +77,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="rank by the score column (as trec_eval does) or by the rank column")
     args = parser.parse_args(argv)
     rows = compare(args.eval_dir, args.data_root, args.rank_by)
-    print(f"| pool | row | values | agree | largest difference (points) |\n|---|---|---:|---:|---:|")
+    print("| pool | row | mrr@10 by | values | agree | largest difference (points) |\n|---|---|---|---:|---:|---:|")
     agree = total = 0
     for r in rows:
-        diffs = [abs(r["ours"][m] - r["trec_eval"][m]) for m in r["ours"]]
+        diffs = [abs(r["ours"][m] - r["external"][m]) for m in r["ours"]]
         agree, total = agree + sum(d <= _AGREE for d in diffs), total + len(diffs)
-        print(f"| {r['pool']} | {r['row']} | {len(diffs)} | {sum(d <= _AGREE for d in diffs)} | {100 * max(diffs):.2f} |")
+        tool = "trec_eval RR" if r["tools"]["mrr@10"] == "RR" else "MS MARCO RR@10"
+        print(f"| {r['pool']} | {r['row']} | {tool} | {len(diffs)} | {sum(d <= _AGREE for d in diffs)} | {100 * max(diffs):.2f} |")
     print(f"\n{agree} of {total} values agree (ranked by the {args.rank_by} column)")
     return rows
 

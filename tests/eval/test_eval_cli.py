@@ -106,7 +106,7 @@ def test_trec_eval_scores_the_run_files_as_results_json(mbeir_run, data, rank_by
     rows = compare(mbeir_run, data, rank_by)
     assert len(rows) == 32
     for row in rows:
-        assert row["trec_eval"] == pytest.approx(row["ours"], abs=1e-12), (row["pool"], row["row"])
+        assert row["external"] == pytest.approx(row["ours"], abs=1e-12), (row["pool"], row["row"])
 
 
 def test_batch_size_does_not_change_results(mbeir_run, model_dir, data, tmp_path):
