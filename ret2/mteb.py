@@ -43,18 +43,21 @@ class Ret2Encoder(AbsEncoder):
         revision: the Hub revision (None: the default branch; ignored for a folder).
         device: where to encode (default: CUDA when available, else CPU).
         dtype: "float32", "bfloat16" or "float16".
+        prompts: query instructions by mteb task name, used instead of the task's own (e.g. UniIR's prompt_1 where a
+            MIEB task carries another wording: docs/mteb.md).
     """
 
     def __init__(
         self, model_name: str, revision: str | None = None, device: str | None = None, dtype: str = "float32",
-        **kwargs: Any,
+        prompts: dict[str, str] | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
         if revision is not None and not os.path.isdir(model_name):
             kwargs["revision"] = revision
         if kwargs:
-            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (valid: revision, device, dtype)")
+            raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (valid: revision, device, dtype, prompts)")
+        self.prompts_dict = prompts  # mteb's AbsEncoder looks a task's name up here before the task's own prompt
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model, self.processor = load_model_and_processor(model_name, device, DTYPES[dtype])
         if self.model.config.pooling == "none":

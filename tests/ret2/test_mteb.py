@@ -157,3 +157,16 @@ def test_registry_model_file_encodes_as_ret2_encoder(tiny_model_dir):
         kwargs = dict(task_metadata=metadata, hf_split="test", hf_subset="default", prompt_type=prompt_type)
         expected = ours.encode([batch], **kwargs)
         assert theirs.encode([batch], **kwargs) == pytest.approx(expected, abs=1e-6)
+
+
+def test_prompts_by_task_name_replace_the_tasks_own(tiny_model_dir):
+    """`prompts=` (e.g. UniIR's prompt_1 where a MIEB task words its instruction otherwise) wins over the task's."""
+    metadata = task_metadata("Ret2Check", "t2i", "find the picture")
+    batch = [{"text": ["a red square"]}]
+    kwargs = dict(task_metadata=metadata, hf_split="test", hf_subset="default", prompt_type=PromptType.query)
+    plain, other = Ret2Encoder(str(tiny_model_dir), device="cpu"), Ret2Encoder(str(tiny_model_dir), device="cpu",
+                                                                               prompts={"Ret2Check": "find the photo"})
+    assert other.encode(batch, **kwargs) == pytest.approx(plain.model.encode(["Find the photo a red square."],
+                                                                             kind="query"), abs=1e-6)
+    assert plain.encode(batch, **kwargs) == pytest.approx(plain.model.encode(["Find the picture a red square."],
+                                                                             kind="query"), abs=1e-6)
