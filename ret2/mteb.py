@@ -53,13 +53,12 @@ class Ret2Encoder(AbsEncoder):
     ) -> None:  # fmt: skip
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
-        if revision is not None and not os.path.isdir(model_name):
-            kwargs["revision"] = revision
         if kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (valid: revision, device, dtype, prompts)")
         self.prompts_dict = prompts  # mteb's AbsEncoder looks a task's name up here before the task's own prompt
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model, self.processor = load_model_and_processor(model_name, device, DTYPES[dtype])
+        hub_revision = None if os.path.isdir(model_name) else revision
+        self.model, self.processor = load_model_and_processor(model_name, device, DTYPES[dtype], hub_revision)
         if self.model.config.pooling == "none":
             raise ValueError(f"{model_name} is a multi-vector model (pooling='none'); mteb's dense retrieval needs "
                              "one vector per input")  # fmt: skip
