@@ -29,7 +29,7 @@ from ret2.metrics import compute_retrieval_metrics
 from ret2.search import search
 
 from .encoder import EncodeOptions, Encoder
-from .report import add_evaluation_arguments, print_report, write_report, write_trec
+from .report import add_evaluation_arguments, print_report, trec_order, write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
@@ -167,6 +167,7 @@ def evaluate_m2kr(
             ks = sorted({dataset.recall_k, dataset.pseudo_k or dataset.recall_k})
             scores, indices = search(query_embeddings, embeddings[pool.name].shards, ks[-1], options.search_backend,
                                      encoder.device)
+            indices, scores = trec_order(pool.ids, indices, scores)  # equal scores as trec_eval ranks the run file
             ranked = indices.tolist()
             texts = [[passages[i]["text"] for i in ranking] for ranking in ranked] if dataset.pseudo_k else None
             answers = [q["answers"] for q in queries] if dataset.pseudo_k else None

@@ -43,7 +43,7 @@ from ret2.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from ret2.search import search
 
 from .encoder import EncodeOptions, Encoder
-from .report import add_evaluation_arguments, print_report, write_report, write_trec
+from .report import add_evaluation_arguments, print_report, trec_order, write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def _score_row(
     row: EvalRow, items: list[Item], positives: list[set[str]], scores: np.ndarray, indices: np.ndarray,
     doc_ids: list[str], run_path: Path, run_id: str,
 ) -> dict[str, float]:  # fmt: skip
+    indices, scores = trec_order(doc_ids, indices, scores)  # equal scores ranked as trec_eval ranks the run file
     ranked = [[doc_ids[i] for i in ranking] for ranking in indices.tolist()]
     metrics = compute_retrieval_metrics(ranked, positives, ks=sorted(set(row.ks) | {10}))
     write_trec(run_path, [item.id for item in items], doc_ids, indices, scores, run_id)

@@ -1,8 +1,9 @@
 """sentence-transformers support: a ReT-2 folder loads with `SentenceTransformer(folder, trust_remote_code=True)`.
 
 `Ret2PreTrainedModel.save_pretrained` writes `modules.json` (one module, this file's `Ret2SentenceTransformersModule`,
-saved in the folder's root) and `config_sentence_transformers.json` (cosine similarity, empty "query" / "document"
-prompts) beside the model; `save_pretrained` also copies this file, as a relative import of the modeling file.
+saved in the folder's root), `config_sentence_transformers.json` (cosine similarity, empty "query" / "document"
+prompts) and `sentence_bert_config.json` (the module's modalities, where MTEB reads them: without it, mteb scores a
+Hub model on text only and drops its images) beside the model; `save_pretrained` also copies this file, as a relative import of the modeling file.
 
 The module follows sentence-transformers' module protocol (`load`, `preprocess`, `forward`, `save`, `modalities`)
 without importing sentence-transformers, so this file travels with every model and costs nothing to users of
@@ -24,7 +25,7 @@ TASKS = ("query", "document")
 
 
 def write_sentence_transformers_files(save_directory: "str | os.PathLike") -> None:
-    """Write `modules.json` and `config_sentence_transformers.json` into a ReT-2 folder."""
+    """Write `modules.json`, `config_sentence_transformers.json` and `sentence_bert_config.json` into a ReT-2 folder."""
     module = {"idx": 0, "name": "0", "path": "", "type": "sentence_ret2.Ret2SentenceTransformersModule"}
     st_config = {
         "model_type": "SentenceTransformer",
@@ -32,7 +33,14 @@ def write_sentence_transformers_files(save_directory: "str | os.PathLike") -> No
         "default_prompt_name": None,
         "similarity_fn_name": "cosine",
     }
-    for name, content in (("modules.json", [module]), ("config_sentence_transformers.json", st_config)):
+    # `Ret2SentenceTransformersModule.modalities` in the layout of sentence-transformers' own modules (a tuple as
+    # "image,text"); the module itself does not read this file
+    output = {"method": "forward", "method_output_name": "sentence_embedding"}
+    modalities = {"modality_config": {m: output for m in ("text", "image", "image,text", "message")},
+                  "module_output_name": "sentence_embedding"}  # fmt: skip
+    files = (("modules.json", [module]), ("config_sentence_transformers.json", st_config),
+             ("sentence_bert_config.json", modalities))  # fmt: skip
+    for name, content in files:
         (Path(save_directory) / name).write_text(json.dumps(content, indent=2) + "\n")
 
 

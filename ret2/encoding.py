@@ -78,13 +78,14 @@ class ItemList:
 
 
 def load_model_and_processor(
-    name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
-) -> tuple[torch.nn.Module, object]:
+    name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> tuple[torch.nn.Module, object]:  # fmt: skip
     """A saved ReT-2 model (hub id or folder, through `AutoModel` with `trust_remote_code=True`) on `device` in
-    eval mode, and its processor."""
+    eval mode, and its processor; `revision`: the Hub revision (None: the default branch)."""
     check_model_source(name_or_path)
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype)
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype, revision=revision)
+    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
     return model.to(device).eval(), processor
 
 

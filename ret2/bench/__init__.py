@@ -5,4 +5,5 @@ encoding against the backbone floor and against the ReT-1 reference code, index 
 steps; it prints markdown tables and writes a JSON report (`python -m ret2.bench --help`; results in docs/benchmarks.md).
 `python -m ret2.bench.profile` shows where an encode call spends its time. `python -m ret2.bench.eval_pool` and
 `python -m ret2.bench.train_tiny` benchmark the evaluation pool and a tiny fine-tuning run through the CLIs' code.
+`python -m ret2.bench.trec_agreement` scores an evaluation's run files with trec_eval against its `results.json`.
 """

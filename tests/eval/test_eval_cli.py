@@ -16,6 +16,7 @@ from conftest import REPO
 
 from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
+from ret2.bench.trec_agreement import compare
 from ret2.cache import Embeddings, cache_folder, encode_pool, load_pool
 from ret2.encoding import encode_items, model_fingerprint
 from ret2.data.m2kr import M2KR_DATASETS
@@ -96,6 +97,16 @@ def test_mbeir_outputs(mbeir_run, model_dir, data):
             assert lines[0][5] == f"ret2-tiny-{pool}"
             scores = [float(line[4]) for line in lines[:depth]]
             assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("rank_by", ["score", "rank"])
+def test_trec_eval_scores_the_run_files_as_results_json(mbeir_run, data, rank_by):
+    """trec_eval (through ir-measures) on the run files and qrels gives every recall@k (Success@k), mrr@10 and ndcg@10
+    of results.json, ranking by the score column as trec_eval does, or by the rank column."""
+    rows = compare(mbeir_run, data, rank_by)
+    assert len(rows) == 32
+    for row in rows:
+        assert row["external"] == pytest.approx(row["ours"], abs=1e-12), (row["pool"], row["row"])
 
 
 def test_batch_size_does_not_change_results(mbeir_run, model_dir, data, tmp_path):

@@ -22,7 +22,7 @@ TOKEN = "hf_secretTOKEN0123456789abcdef"
 PUBLISHED = {
     "README.md", "config.json", "model.safetensors", "processor_config.json", "tokenizer.json", "tokenizer_config.json",
     "configuration_ret2.py", "modeling_ret2.py", "processing_ret2.py", "sentence_ret2.py", "modules.json",
-    "config_sentence_transformers.json",
+    "config_sentence_transformers.json", "sentence_bert_config.json",
 }  # fmt: skip
 RESULTS = {
     "local": {
