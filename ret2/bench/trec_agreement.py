@@ -3,12 +3,12 @@ and the qrels that `ret2-eval-mbeir` used, and every value is compared with its 
 
     python -m ret2.bench.trec_agreement --eval-dir results/mbeir --data-root data/synthetic [--rank-by score]
 
-UniIR's Recall@k (a hit rate) is `Success@k` and `ndcg@10` is `nDCG@10`, both computed by trec_eval. `mrr@10` is
-trec_eval's `RR` where the run holds 10 documents per query (then RR is RR@10), else `RR@10`, which ir-measures
-computes with MS MARCO's script: trec_eval has no cut-off RR. The two tools rank equal scores in opposite orders
-(trec_eval: document id descending, MS MARCO: ascending); the evaluation follows trec_eval (`ret2.eval.report.
-trec_order`). `--rank-by score` ranks each query's documents by the score column, as the tools do; `--rank-by rank`
-by the rank column (the evaluation's own order).
+UniIR's Recall@k (a hit rate) is `Success@k` and `ndcg@10` is `nDCG@10`, and `mrr@10` is `RR` on each query's first
+10 documents, all computed by trec_eval. trec_eval has no cut-off RR, so the run is cut here, in trec_eval's own order
+(score descending, equal scores by document id descending); ir-measures' `RR@10` is MS MARCO's script, which breaks
+ties the other way (document id ascending) and so is not used. The evaluation follows trec_eval's rule
+(`ret2.eval.report.trec_order`). `--rank-by score` ranks each query's documents by the score column, as the tools do;
+`--rank-by rank` by the rank column (the evaluation's own order).
 Prints one line per pool and row with the largest difference, and the count of values that agree (to 1e-12: the tools
 sum in another order). Needs the `mteb` extra (`pip install -e ".[mteb]"`, which brings ir-measures).
 """
@@ -16,7 +16,7 @@ sum in another order). Needs the `mteb` extra (`pip install -e ".[mteb]"`, which
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import defaultdict
 from pathlib import Path
 
 from ret2.cli import ArgumentParser, run_cli
@@ -58,15 +58,23 @@ def compare(eval_dir: str | Path, data_root: str | Path, rank_by: str = "score")
             if stem == "average":
                 continue
             run = read_run(eval_dir / "runs" / pool / f"{stem}.trec", rank_by)
-            depth = max(Counter(doc.query_id for doc in run).values())
-            measures = {f"recall@{k}": Success @ k for k in rows[stem].ks}
-            measures |= {"mrr@10": RR if depth <= 10 else RR @ 10, "ndcg@10": nDCG @ 10}
-            scored = ir_measures.calc_aggregate(list(measures.values()), read_qrels_4(rows[stem].qrels_path(data_root)),
-                                                run)  # fmt: skip
-            out.append({"pool": pool, "row": stem, "ours": {name: ours[name] for name in measures},
-                        "external": {name: scored[m] for name, m in measures.items()},
-                        "tools": {name: str(m) for name, m in measures.items()}})  # fmt: skip
+            qrels = read_qrels_4(rows[stem].qrels_path(data_root))
+            measures = {f"recall@{k}": Success @ k for k in rows[stem].ks} | {"ndcg@10": nDCG @ 10}
+            scored = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
+            external = {name: scored[m] for name, m in measures.items()}
+            external["mrr@10"] = ir_measures.calc_aggregate([RR], qrels, first(run, 10))[RR]
+            out.append({"pool": pool, "row": stem, "ours": {name: ours[name] for name in external},
+                        "external": external})  # fmt: skip
     return out
+
+
+def first(run: list, k: int) -> list:
+    """Each query's first `k` scored documents in trec_eval's order: score descending, equal scores by document id
+    descending (trec_eval sorts by score, then by `strcmp` of the ids)."""
+    by_query = defaultdict(list)
+    for doc in run:
+        by_query[doc.query_id].append(doc)
+    return [d for docs in by_query.values() for d in sorted(docs, key=lambda d: (d.score, d.doc_id), reverse=True)[:k]]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -77,13 +85,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         help="rank by the score column (as trec_eval does) or by the rank column")
     args = parser.parse_args(argv)
     rows = compare(args.eval_dir, args.data_root, args.rank_by)
-    print("| pool | row | mrr@10 by | values | agree | largest difference (points) |\n|---|---|---|---:|---:|---:|")
+    print("| pool | row | values | agree | largest difference (points) |\n|---|---|---:|---:|---:|")
     agree = total = 0
     for r in rows:
         diffs = [abs(r["ours"][m] - r["external"][m]) for m in r["ours"]]
         agree, total = agree + sum(d <= _AGREE for d in diffs), total + len(diffs)
-        tool = "trec_eval RR" if r["tools"]["mrr@10"] == "RR" else "MS MARCO RR@10"
-        print(f"| {r['pool']} | {r['row']} | {tool} | {len(diffs)} | {sum(d <= _AGREE for d in diffs)} | {100 * max(diffs):.2f} |")
+        print(f"| {r['pool']} | {r['row']} | {len(diffs)} | {sum(d <= _AGREE for d in diffs)} | {100 * max(diffs):.2f} |")
     print(f"\n{agree} of {total} values agree (ranked by the {args.rank_by} column)")
     return rows
 
