@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ret2 import search as search_module
-from ret2.search import build_quantized, recall_at_k, search, unit_rows
+from ret2.search import build_ivfpq, build_quantized, recall_at_k, search, search_quantized, unit_rows
 from modeling_ret2 import Ret2Model
 
 
@@ -169,3 +169,23 @@ def test_quantized_codes_sizes_calibration_and_errors(clustered):
         build_quantized([docs[:, :12]], "binary")
     with pytest.raises(ValueError, match="multi-vector"):
         search(docs[:8].reshape(2, 4, 128), [docs.reshape(500, 4, 128)], 5, precision="binary")
+
+
+def test_ivfpq_with_rescoring_against_exact(clustered):
+    """IVF-PQ (16 cells, 16 bytes a document) rescored from fp16: visiting every cell with enough candidates gives the
+    exact top 10; one cell, and fewer candidates than asked, pads with -1 after the found ones; bad sizes are named."""
+    queries, shards = clustered
+    _, exact = search(queries, shards, 10)
+    index = build_ivfpq(shards, nlist=16, m=16, train_size=1000)
+    assert (index.ntotal, index.code_size, index.nlist) == (2000, 16, 16)
+    index.nprobe = 16
+    _, ids = search_quantized(index, queries, shards, 10, rescore_multiplier=20)
+    assert recall_at_k(exact, ids) >= 0.99
+    index.nprobe = 1
+    scores, ids = search_quantized(index, queries, shards, 1000, rescore_multiplier=2)  # 2,000 asked, one cell holds fewer
+    assert (ids == -1).any() and ((ids == -1) == np.isneginf(scores)).all()
+    assert all((row[row >= 0].size == len(set(row[row >= 0]))) and (row[np.argmax(row < 0):] < 0).all() for row in ids)
+    with pytest.raises(ValueError, match="m=24 must divide the embedding width 128"):
+        build_ivfpq(shards, nlist=16, m=24)
+    with pytest.raises(ValueError, match="nlist=4096 cells need at least as many documents; the collection holds 2000"):
+        build_ivfpq(shards, nlist=4096, m=16)
