@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "faiss", "torch")
 PRECISIONS = ("fp16", "int8", "binary")  # what the scan reads: the stored vectors, int8 codes or sign bits
-RESCORE_MULTIPLIER = 4  # quantized search rescores the best rescore_multiplier * k candidates from the fp16 vectors
+RESCORE_MULTIPLIER = 10  # quantized search rescores the best rescore_multiplier * k candidates from the fp16 vectors:
+# binary codes need 10 to keep 0.98 of fp16 quality (docs/benchmarks.md#quality-retained-trained-models-3-seeds)
 _MARGIN = 16  # extra candidates kept by the scan: engines disagree by ~1e-7 on near-ties at the k-th place
 _BLOCK = 1 << 25  # score-matrix elements per step of the scan (128 MB in fp32)
 

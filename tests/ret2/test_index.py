@@ -184,7 +184,7 @@ def test_quantized_index_persists_reopens_and_follows_add(model_dir, tmp_path, c
     exact = index.search(["red circle", pattern(104)], k=5, precision="fp16")
     reopened = Ret2Index.open(tmp_path / "idx")
     assert reopened.precision == "binary" and reopened._load_quantized("binary").ntotal == 20
-    hits = reopened.search(["red circle", pattern(104)], k=5)  # 4 x 5 candidates: all 20 documents rescored
+    hits = reopened.search(["red circle", pattern(104)], k=5)  # 10 x 5 candidates: all 20 documents rescored
     assert [[(h.id, round(h.score, 5)) for h in q] for q in hits] == [[(h.id, round(h.score, 5)) for h in q] for q in exact]
     width = reopened.embeddings().shards[0].shape[1]
     raw = reopened.search("red circle", k=5, rescore_multiplier=0)  # sign agreement: 1 - 2 * Hamming / D

@@ -130,8 +130,8 @@ def test_backend_auto_is_torch():
 
 def test_quantized_top_k_agrees_with_exact(clustered):
     """The stated tolerance, as recall@10 against exact on this clustered collection: int8 codes alone >= 0.95 and
-    with rescoring (x4, the default) the exact top 10; binary with rescoring x4 >= 0.7 (more than its codes alone),
-    x10 >= 0.95. Rescored scores are the exact ones, and a multiplier covering every document gives the exact ranking."""
+    with rescoring x4 the exact top 10; binary with rescoring x4 >= 0.7 (more than its codes alone), x10 (the default)
+    >= 0.95. Rescored scores are the exact ones, and a multiplier covering every document gives the exact ranking."""
     queries, shards = clustered
     exact_scores, exact = search(queries, shards, 10)
     recall = {}
