@@ -16,7 +16,7 @@ from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, 
 from ret2.data.images import IMAGE_ORIENTATIONS, check_orientation
 from ret2.distributed import Dist, barrier, default_num_workers, init_distributed
 from ret2.encoding import DTYPES, Item, encode_items, load_model_and_processor, model_fingerprint
-from ret2.search import BACKENDS
+from ret2.search import BACKENDS, PRECISIONS, RESCORE_MULTIPLIER, check_precision
 
 
 @dataclass
@@ -30,7 +30,10 @@ class EncodeOptions:
         dtype: "float32", "bfloat16" or "float16".
         cache_dir: where pool embeddings are cached (None: `<output dir>/cache`).
         shard_size: items per cache shard, the unit of resuming and of the split between ranks.
-        search_backend: "auto" (torch on GPU, FAISS on CPU), "faiss" or "torch".
+        search_backend: "auto" (torch, the faster measured), "faiss" or "torch".
+        precision: what the search scans, one of `ret2.search.PRECISIONS`: "fp16" (exact), "int8" or "binary" (codes
+            calibrated on each searched pool, their best candidates rescored from the fp16 vectors).
+        rescore_multiplier: int8 / binary: candidates rescored per result (0: the codes' own ranking).
         image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "stored" (EXIF
             orientation not applied), the M-BEIR / M2KR protocol, or "upright" (EXIF applied). Part of the cache key.
     """
@@ -43,6 +46,8 @@ class EncodeOptions:
     shard_size: int = SHARD_SIZE
     search_backend: str = "auto"
     image_orientation: str = "stored"
+    precision: str = "fp16"
+    rescore_multiplier: int = RESCORE_MULTIPLIER
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size"):
@@ -56,6 +61,7 @@ class EncodeOptions:
         if self.search_backend not in BACKENDS:
             raise ValueError(f"search_backend {self.search_backend!r} is not one of {list(BACKENDS)}")
         check_orientation(self.image_orientation)
+        check_precision(self.precision, self.rescore_multiplier)
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -67,7 +73,11 @@ class EncodeOptions:
         parser.add_argument("--device", help="cuda or cpu (default: cuda if available); one GPU per rank under torchrun")
         parser.add_argument("--dtype", choices=list(DTYPES), default=cls.dtype, help="model dtype while encoding")
         parser.add_argument("--search-backend", choices=list(BACKENDS), default=cls.search_backend,
-                            help="auto: torch on GPU, FAISS on CPU when installed")
+                            help="auto: torch (the faster on every size measured, docs/benchmarks.md)")
+        parser.add_argument("--precision", choices=list(PRECISIONS), default=cls.precision,
+                            help="fp16: exact; int8 / binary: quantized codes, best candidates rescored from fp16")
+        parser.add_argument("--rescore-multiplier", type=int, default=cls.rescore_multiplier,
+                            help="int8 / binary: candidates rescored per result (0: no rescoring)")
         parser.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default=cls.image_orientation,
                             help="stored: EXIF orientation not applied, as the benchmarks read images (default); "
                                  "upright: turned by EXIF orientation (docs/images.md)")

@@ -166,7 +166,7 @@ def evaluate_m2kr(
             query_embeddings = encoder.queries(items, image_root, f"queries {dataset.name}")
             ks = sorted({dataset.recall_k, dataset.pseudo_k or dataset.recall_k})
             scores, indices = search(query_embeddings, embeddings[pool.name].shards, ks[-1], options.search_backend,
-                                     encoder.device)
+                                     encoder.device, options.precision, options.rescore_multiplier)
             indices, scores = trec_order(pool.ids, indices, scores)  # equal scores as trec_eval ranks the run file
             ranked = indices.tolist()
             texts = [[passages[i]["text"] for i in ranking] for ranking in ranked] if dataset.pseudo_k else None

@@ -251,12 +251,14 @@ def evaluate_mbeir(
         for name in pools:
             if name == "local":
                 hits = {row: search(query_embeddings[row], embeddings[row.pool_stem].shards, depth(row),
-                                    options.search_backend, encoder.device) for row in rows}
+                                    options.search_backend, encoder.device, options.precision,
+                                    options.rescore_multiplier) for row in rows}  # fmt: skip
                 doc_ids = {row: embeddings[row.pool_stem].ids for row in rows}
             else:  # one pass over the union for the queries of every row, split back by row
                 union = Embeddings.concat([embeddings[row.pool_stem] for row in EVAL_ROWS])
                 scores, indices = search(np.concatenate([query_embeddings[row] for row in rows]), union.shards,
-                                         max(depth(row) for row in rows), options.search_backend, encoder.device)
+                                         max(depth(row) for row in rows), options.search_backend, encoder.device,
+                                         options.precision, options.rescore_multiplier)  # fmt: skip
                 bounds = np.cumsum([0] + [len(query_embeddings[row]) for row in rows])
                 hits = {row: (scores[a:b, : depth(row)], indices[a:b, : depth(row)])
                         for row, a, b in zip(rows, bounds[:-1], bounds[1:])}

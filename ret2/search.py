@@ -12,6 +12,12 @@ fp32, memory bounded by the chunk, never by the pool. The candidates are then re
 embeddings, whatever the engine or chunking) and ordered by score, ties to the lower document index. So every
 backend, chunk size and shard layout gives the same ranking.
 
+Quantized search (`precision="int8"` or `"binary"`, single vectors) scans compact FAISS codes of the documents instead
+of the fp16 vectors (`build_quantized`: int8 scalar codes calibrated per dimension on the stored documents, 1 byte a
+dimension; or sign bits compared by Hamming distance, 1 bit a dimension), keeps `rescore_multiplier * k` candidates
+and rescores them exactly from the fp16 vectors, which stay on disk (memory-mapped) and are read only for those
+candidates (`search_quantized`). With `rescore_multiplier=0` the codes' own scores rank the top k.
+
 For collections in the millions, `build_hnsw` / `search_hnsw` are the approximate alternative (FAISS HNSW over fp32
 copies of single vectors), and `recall_at_k` measures it against `search`.
 """
@@ -29,6 +35,9 @@ from modeling_ret2 import similarity
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "faiss", "torch")
+PRECISIONS = ("fp16", "int8", "binary")  # what the scan reads: the stored vectors, int8 codes or sign bits
+RESCORE_MULTIPLIER = 10  # quantized search rescores the best rescore_multiplier * k candidates from the fp16 vectors:
+# binary codes need 10 to keep 0.98 of fp16 quality (docs/benchmarks.md#quality-retained-trained-models-3-seeds)
 _MARGIN = 16  # extra candidates kept by the scan: engines disagree by ~1e-7 on near-ties at the k-th place
 _BLOCK = 1 << 25  # score-matrix elements per step of the scan (128 MB in fp32)
 
@@ -61,9 +70,7 @@ def _resolve_backend(backend: str, multi_vector: bool, device: torch.device) -> 
         if _faiss() is None:
             raise ValueError("the faiss backend needs faiss (pip install faiss-cpu)")
         return backend
-    if backend == "auto":
-        return "faiss" if not multi_vector and device.type == "cpu" and _faiss() is not None else "torch"
-    return backend
+    return "torch" if backend == "auto" else backend
 
 
 def _chunks(shards: Sequence[np.ndarray], rows: int):
@@ -134,7 +141,8 @@ def _gather(shards: Sequence[np.ndarray], ids: np.ndarray) -> np.ndarray:
 def _rescore(
     queries: torch.Tensor, shards: Sequence[np.ndarray], candidates: torch.Tensor, k: int, device: torch.device
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact float64 scores of the candidates; the top k by score, ties to the lower index."""
+    """Exact float64 scores of the candidates; the top k by score, ties to the lower index. Ids of -1 (an
+    approximate engine that found fewer candidates) come last, as -1 with a score of -inf."""
     candidates = candidates.sort(dim=1).values  # ascending ids: a stable sort then breaks ties by index
     num_queries, width = candidates.shape
     per_query = width * int(np.prod(shards[0].shape[1:])) * (queries.shape[1] if queries.dim() == 3 else 1)
@@ -142,10 +150,11 @@ def _rescore(
     out_scores, out_ids = np.empty((num_queries, k), np.float32), np.empty((num_queries, k), np.int64)
     for q in range(0, num_queries, block):
         ids = candidates[q : q + block]  # (b, width)
-        docs = _unit(torch.from_numpy(_gather(shards, ids.flatten().numpy())).to(device, torch.float64))
+        docs = _unit(torch.from_numpy(_gather(shards, ids.clamp(min=0).flatten().numpy())).to(device, torch.float64))
         docs = docs.view(len(ids), width, *docs.shape[1:])  # (b, width, D) or (b, width, Kd, D)
         query = _unit(queries[q : q + block].to(device, torch.float64))
         scores = torch.vmap(similarity)(query.unsqueeze(1), docs).squeeze(1)  # each query against its candidates: (b, width)
+        scores = scores.masked_fill(ids.to(device) < 0, -torch.inf)
         order = scores.sort(dim=1, descending=True, stable=True).indices[:, :k].cpu()
         out_scores[q : q + block] = scores.cpu().gather(1, order).numpy()
         out_ids[q : q + block] = ids.gather(1, order).numpy()
@@ -158,6 +167,8 @@ def search(
     k: int,
     backend: str = "auto",
     device: str | torch.device = "cpu",
+    precision: str = "fp16",
+    rescore_multiplier: int = RESCORE_MULTIPLIER,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k documents of every query, best first: (scores (Nq, k) float32, indices (Nq, k) int64 into the
     concatenated shards). k is capped at the number of documents.
@@ -166,9 +177,16 @@ def search(
         queries: (Nq, D) single vectors or (Nq, Kq, D) multi-vector embeddings.
         shards: document embeddings, (n_i, D) or (n_i, Kd, D) each, e.g. memory-mapped fp16 cache shards.
         k: results per query.
-        backend: "faiss" (single vectors, CPU), "torch", or "auto" (faiss on the CPU when installed, else torch).
+        backend: "faiss" (single vectors, CPU), "torch", or "auto" (torch: the faster on every size measured,
+            docs/benchmarks.md#search-at-scale).
         device: where the torch scan and the rescoring run.
+        precision: "fp16" (exact), or "int8" / "binary": the documents are quantized by `build_quantized` (calibrated
+            on these shards) and searched by `search_quantized` (single vectors only).
+        rescore_multiplier: quantized search only: candidates rescored exactly per result (0: no rescoring).
     """
+    if precision != "fp16":
+        check_precision(precision, rescore_multiplier)
+        return search_quantized(build_quantized(shards, precision), queries, shards, k, rescore_multiplier, device)
     shards = [s for s in shards if len(s)]
     queries = queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else torch.from_numpy(
         np.asarray(queries, dtype=np.float32))
@@ -192,6 +210,132 @@ def search(
     else:
         candidates = _scan_torch(queries, shards, width, device)
     return _rescore(queries, shards, candidates, k, device)
+
+
+# ----------------------------------------------------------------------------- quantized: int8 codes, sign bits
+
+
+def check_precision(precision: str, rescore_multiplier: int = RESCORE_MULTIPLIER) -> None:
+    """Refuse a precision outside `PRECISIONS` or a rescore multiplier that is not an integer >= 0."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
+    if not isinstance(rescore_multiplier, int) or isinstance(rescore_multiplier, bool) or rescore_multiplier < 0:
+        raise ValueError(f"rescore_multiplier must be an integer >= 0 (0: no rescoring), got {rescore_multiplier!r}")
+
+
+def _single_vector_shards(shards: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    shards = [s for s in shards if len(s)]
+    if not shards:
+        raise ValueError("no documents to search")
+    if shards[0].ndim != 2:
+        raise ValueError(f"{what} indexes single vectors (N, D); multi-vector embeddings are searched exactly by `search`")
+    return shards
+
+
+def _blocks(shards: Sequence[np.ndarray], block: int):
+    """Unit fp32 rows of the shards, `block` at a time (bounded extra memory)."""
+    for shard in shards:
+        for start in range(0, len(shard), block):
+            yield unit_rows(shard[start : start + block])
+
+
+def sign_bits(x: np.ndarray) -> np.ndarray:
+    """(N, D / 8) uint8: the sign bits of (N, D) vectors, packed 8 to a byte (FAISS's binary vector layout)."""
+    return np.packbits(np.asarray(x) > 0, axis=1)
+
+
+def build_quantized(shards: Sequence[np.ndarray], precision: str, block: int = 100_000):
+    """A FAISS index of the quantized single-vector documents (n_i, D) in shards, in order.
+
+    "int8": an `IndexScalarQuantizer` (QT_8bit, inner product), one byte per dimension, each dimension's range the
+    minimum to maximum of the (re-normalised) documents: D bytes a document. "binary": an `IndexBinaryFlat` of
+    `sign_bits` (Hamming distance), D / 8 bytes a document; D must be a multiple of 8.
+    """
+    faiss = _faiss()
+    if faiss is None:
+        raise ValueError("quantized search needs faiss (pip install faiss-cpu)")
+    check_precision(precision)
+    if precision == "fp16":
+        raise ValueError("precision 'fp16' searches the stored vectors; quantized indexes are 'int8' or 'binary'")
+    shards = _single_vector_shards(shards, "quantized search")
+    dim = shards[0].shape[1]
+    if precision == "binary":
+        if dim % 8:
+            raise ValueError(f"binary codes need a width that is a multiple of 8, got {dim}")
+        index = faiss.IndexBinaryFlat(dim)
+        for rows in _blocks(shards, block):
+            index.add(sign_bits(rows))
+        return index
+    index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+    low, high = np.full(dim, np.inf, np.float32), np.full(dim, -np.inf, np.float32)
+    for rows in _blocks(shards, block):  # one pass for the range of every dimension...
+        low, high = np.minimum(low, rows.min(0)), np.maximum(high, rows.max(0))
+    index.train(np.stack([low, high]))  # ...which FAISS's min-max training of these two rows takes as they are
+    for rows in _blocks(shards, block):
+        index.add(rows)
+    return index
+
+
+def search_quantized(
+    index,
+    queries: np.ndarray | torch.Tensor,
+    shards: Sequence[np.ndarray],
+    k: int,
+    rescore_multiplier: int = RESCORE_MULTIPLIER,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k documents of every query through a `build_quantized` index: (scores (Nq, k) float32, indices (Nq, k)).
+
+    The codes rank `rescore_multiplier * k` candidates (int8: inner product of the query with the decoded codes;
+    binary: Hamming distance between sign bits), which are rescored in float64 from `shards` (the documents the
+    index was built from, e.g. memory-mapped fp16) and ordered as `search` orders them. With `rescore_multiplier=0`
+    the codes' own scores are returned (binary: 1 - 2 * Hamming / D, the cosine's sign-agreement estimate).
+    """
+    check_precision("fp16", rescore_multiplier)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    queries = torch.as_tensor(queries).detach().cpu().float() if isinstance(queries, torch.Tensor) else torch.from_numpy(
+        np.asarray(queries, dtype=np.float32))
+    if queries.dim() != 2 or queries.shape[1] != index.d:
+        raise ValueError(f"queries {tuple(queries.shape)} must be (N, {index.d}) single vectors like the index's")
+    k = min(k, index.ntotal)
+    width = min(k * max(rescore_multiplier, 1), index.ntotal)
+    queries = _unit(queries)
+    if isinstance(index, _faiss().IndexBinary):  # Hamming distance between the query's and the documents' signs
+        distances, ids = index.search(sign_bits(queries.numpy()), width)
+        scores = 1 - 2 * distances.astype(np.float32) / index.d
+    else:
+        scores, ids = index.search(np.ascontiguousarray(queries.numpy()), width)
+    if rescore_multiplier == 0:
+        return scores[:, :k], ids[:, :k]
+    return _rescore(queries, shards, torch.from_numpy(ids), k, torch.device(device))
+
+
+def build_ivfpq(shards: Sequence[np.ndarray], nlist: int = 1024, m: int = 96, train_size: int = 65_536,
+                block: int = 100_000):
+    """A FAISS `IndexIVFPQ` (inner product) over single-vector documents (n_i, D) in shards, in order: `nlist` k-means
+    cells, each document stored as `m` bytes of product-quantized residual (+ its 8-byte id), the coarse centroids and
+    the codebooks trained on `train_size` documents spread evenly over the collection. Search it with
+    `search_quantized` (set `index.nprobe`, the cells visited per query, first): its best `rescore_multiplier * k`
+    candidates are rescored from the fp16 vectors. D must be a multiple of `m`."""
+    faiss = _faiss()
+    if faiss is None:
+        raise ValueError("approximate search needs faiss (pip install faiss-cpu)")
+    shards = _single_vector_shards(shards, "IVF-PQ")
+    dim, total = shards[0].shape[1], sum(len(s) for s in shards)
+    for name, value in (("nlist", nlist), ("m", m), ("train_size", train_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if dim % m:
+        raise ValueError(f"m={m} must divide the embedding width {dim}")
+    if total < nlist:
+        raise ValueError(f"nlist={nlist} cells need at least as many documents; the collection holds {total}")
+    rows = np.linspace(0, total - 1, min(train_size, total)).astype(np.int64)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(unit_rows(_gather(shards, rows)))
+    for rows in _blocks(shards, block):
+        index.add(rows)
+    return index
 
 
 # ----------------------------------------------------------------------------- approximate: FAISS HNSW

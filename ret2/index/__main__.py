@@ -14,6 +14,7 @@ from ret2.cache import SHARD_SIZE
 from ret2.data.images import IMAGE_ORIENTATIONS
 from ret2.encoding import DTYPES
 from ret2.index import ENGINES
+from ret2.search import PRECISIONS, RESCORE_MULTIPLIER
 
 if TYPE_CHECKING:
     from ret2.index import Hit
@@ -46,6 +47,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default="upright",
                    help="upright: turned by EXIF orientation (default); stored: as the file stores them, as the "
                         "benchmarks read images (docs/images.md). Kept in the index for add and search")  # fmt: skip
+    p.add_argument("--precision", choices=list(PRECISIONS), default="fp16",
+                   help="what search scans by default: fp16 (exact), int8 (1 byte a dimension) or binary (1 bit), "
+                        "whose best candidates are rescored from the fp16 vectors")  # fmt: skip
     fields(p)
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
@@ -63,6 +67,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--queries", help="a .jsonl of queries, each {\"text\": ..., \"image\": ...} (instead of --text/--image)")
     p.add_argument("-k", "--k", type=int, default=10, help="results per query")
     p.add_argument("--engine", choices=list(ENGINES), default="exact", help="exact, approximate (HNSW) or milvus")
+    p.add_argument("--precision", choices=list(PRECISIONS), help="what the exact engine scans (default: the build's)")
+    p.add_argument("--rescore-multiplier", type=int, default=RESCORE_MULTIPLIER,
+                   help="int8 / binary: candidates rescored from the fp16 vectors per result (0: no rescoring)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON lines (one list per query)")
     model_flags(p)
 
@@ -116,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "build":
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
                                 args.dtype, args.device, args.num_workers, **fields_,
-                                image_orientation=args.image_orientation)  # fmt: skip
+                                image_orientation=args.image_orientation, precision=args.precision)  # fmt: skip
         print(f"{args.folder}: {len(index)} documents")
     elif args.command == "add":
         index = Ret2Index.open(args.folder, args.model, args.device)
@@ -130,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
             queries = [{"text": args.text, "image": args.image}]
         else:
             raise ValueError("give --text, --image (or both), or --queries FILE.jsonl")
-        hits = Ret2Index.open(args.folder, args.model, args.device).search(queries, args.k, args.engine)
+        hits = Ret2Index.open(args.folder, args.model, args.device).search(
+            queries, args.k, args.engine, precision=args.precision, rescore_multiplier=args.rescore_multiplier)
         _print_hits(queries, hits, args.json)
     elif args.command == "info":
         print(json.dumps(index_info(args.folder), indent=1))

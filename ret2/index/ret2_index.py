@@ -19,7 +19,8 @@ from ret2.data.images import check_orientation
 from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint
 from ret2.index import ENGINES
 from ret2.records import Records, read_records
-from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw, unit_rows
+from ret2.search import (BACKENDS, RESCORE_MULTIPLIER, build_hnsw, build_quantized, check_precision, recall_at_k,
+                         search_hnsw, search_quantized, unit_rows)
 from ret2.search import search as exact_search
 
 logger = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ INDEX_FORMAT = "ret2-index"
 INDEX_VERSION = 2  # 2: each part has its own image root, the image orientation rule is kept; the cache is keyed by
 # the parts' content (not mtimes) and that rule
 APPROXIMATE_FILE = "approximate.faiss"
+QUANTIZED_FILE = "quantized.faiss"  # the int8 or binary codes of an index built with that precision
 
 
 @dataclass
@@ -120,6 +122,7 @@ class Ret2Index:
         self._embeddings: Embeddings | None = None
         self._parts: list[tuple[_Part, Path]] | None = None  # each complete part's records and image root
         self._approximate = None
+        self._quantized: dict = {}  # precision -> FAISS index of the codes (the built one is read from QUANTIZED_FILE)
 
     # ------------------------------------------------------------------ creating and opening
 
@@ -139,6 +142,7 @@ class Ret2Index:
         text_field: str = "text",
         image_field: str = "image",
         image_orientation: str = "upright",
+        precision: str = "fp16",
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -155,6 +159,9 @@ class Ret2Index:
             image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "upright"
                 (turned by their EXIF orientation, as `Ret2Model.encode` reads them) or "stored" (EXIF ignored, as
                 the benchmarks read them). Stored in `index.json`: `add` and image queries of `search` use it.
+            precision: what `search` scans by default, one of `ret2.search.PRECISIONS`: "fp16" (the stored vectors,
+                exact), "int8" (D bytes a document) or "binary" (D / 8 bytes), whose codes are saved in the folder
+                (`quantized.faiss`) beside the fp16 vectors that rescore their best candidates. Single vectors only.
         """
         folder = Path(folder)
         if dtype not in DTYPES:
@@ -162,6 +169,7 @@ class Ret2Index:
         if not isinstance(shard_size, int) or shard_size < 1:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
         check_orientation(image_orientation)
+        check_precision(precision)
         records, root = read_records(source, image_root, id_field, text_field, image_field)
         meta_path = folder / INDEX_FILE
         if meta_path.exists():
@@ -173,6 +181,9 @@ class Ret2Index:
                 raise FileExistsError(f"{folder} exists and is not an index folder; pick an empty or new folder")
             fingerprint = model_fingerprint(str(model))  # a bad model fails here, before the folder is made
             config = _model_config(str(model))
+            if precision != "fp16" and config.get("pooling") == "none":
+                raise ValueError(f"precision {precision!r} needs single-vector embeddings; this model is multi-vector "
+                                 "(pooling='none', ReT-1 mode), searched exactly: use precision='fp16'")
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
@@ -180,7 +191,7 @@ class Ret2Index:
                 "model": {"name_or_path": str(model), "fingerprint": fingerprint},
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
                            "image_root": str(root), "multi_vector": config.get("pooling") == "none",
-                           "image_orientation": image_orientation},
+                           "image_orientation": image_orientation, "precision": precision},
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
@@ -225,6 +236,11 @@ class Ret2Index:
     def image_orientation(self) -> str:
         """How image files are read (documents and image queries alike), chosen at build: "upright" or "stored"."""
         return self.meta["config"]["image_orientation"]
+
+    @property
+    def precision(self) -> str:
+        """What `search` scans by default, chosen at build: "fp16" (exact), "int8" or "binary" (+ rescoring)."""
+        return self.meta["config"].get("precision", "fp16")
 
     def __len__(self) -> int:
         return sum(p["count"] for p in self.meta["parts"] if p["complete"])
@@ -294,6 +310,9 @@ class Ret2Index:
         if self._load_approximate() is not None:  # keep the approximate index in step
             self._approximate.add(unit_rows(np.concatenate(load_pool(pool, self._cache(pool), config["shard_size"]).shards)))
             self._write_approximate()
+        if self.precision != "fp16":  # recalibrated on every document, old and new
+            self._quantized = {self.precision: build_quantized(self.embeddings().shards, self.precision)}
+            self._write_faiss(QUANTIZED_FILE, self._quantized[self.precision])
         self._save()
         return len(records)
 
@@ -349,6 +368,8 @@ class Ret2Index:
         engine: str = "exact",
         backend: str = "auto",
         ef_search: int | None = None,
+        precision: str | None = None,
+        rescore_multiplier: int = RESCORE_MULTIPLIER,
     ) -> list[Hit] | list[list[Hit]]:
         """The top-k documents of one query (a list of `Hit`, best first) or of a batch (a list of queries: a list of
         such lists).
@@ -360,6 +381,9 @@ class Ret2Index:
                 "milvus" (the collection of `to_milvus`).
             backend: the exact search's backend, one of `ret2.search.BACKENDS`.
             ef_search: HNSW search depth for engine="approximate" (default: the one chosen at build).
+            precision: what engine="exact" scans, one of `ret2.search.PRECISIONS` (default: the build's): "fp16"
+                (exact), "int8" or "binary" (the saved codes; another one than the build's is made in memory).
+            rescore_multiplier: int8 / binary: candidates rescored from the fp16 vectors per result (0: none).
         """
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} is not one of {list(ENGINES)}")
@@ -367,16 +391,31 @@ class Ret2Index:
             raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
         batch = isinstance(queries, list)
         vectors = self.encode_queries(queries if batch else [queries])
-        scores, rows = self.search_embeddings(vectors, k, engine, backend, ef_search)
+        scores, rows = self.search_embeddings(vectors, k, engine, backend, ef_search, precision, rescore_multiplier)
         hits = self.hits(scores, rows)
         return hits if batch else hits[0]
 
     def search_embeddings(
-        self, queries: np.ndarray, k: int, engine: str = "exact", backend: str = "auto", ef_search: int | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        engine: str = "exact",
+        backend: str = "auto",
+        ef_search: int | None = None,
+        precision: str | None = None,
+        rescore_multiplier: int = RESCORE_MULTIPLIER,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, document rows), each (Nq, k), of query embeddings; the engines of `search`."""
+        """(scores, document rows), each (Nq, k), of query embeddings; the engines and precisions of `search`."""
+        precision = precision or self.precision
+        check_precision(precision, rescore_multiplier)
         if len(self) == 0:
             raise ValueError(f"index {self.folder} holds no documents")
+        if precision != "fp16":
+            if engine != "exact":
+                raise ValueError(f"precision {precision!r} applies to engine 'exact' (the flat scan); engine "
+                                 f"{engine!r} searches its own vectors: pass precision='fp16'")  # fmt: skip
+            return search_quantized(self._load_quantized(precision), queries, self.embeddings().shards, k,
+                                    rescore_multiplier, self.device)  # fmt: skip
         if engine == "exact":
             return exact_search(queries, self.embeddings().shards, k, backend, self.device)
         if engine == "approximate":
@@ -456,9 +495,26 @@ class Ret2Index:
         return self._approximate
 
     def _write_approximate(self) -> None:
+        self._write_faiss(APPROXIMATE_FILE, self._approximate)
+
+    def _write_faiss(self, name: str, index) -> None:
         import faiss
 
-        write_atomic(self.folder / APPROXIMATE_FILE, lambda f: f.write(faiss.serialize_index(self._approximate).tobytes()))
+        serialize = faiss.serialize_index_binary if isinstance(index, faiss.IndexBinary) else faiss.serialize_index
+        write_atomic(self.folder / name, lambda f: f.write(serialize(index).tobytes()))
+
+    def _load_quantized(self, precision: str):
+        """The codes of `precision`: the build's from QUANTIZED_FILE, another one made from the fp16 vectors."""
+        self._refuse_multi_vector(f"precision {precision!r}")
+        if precision not in self._quantized:
+            if precision == self.precision:
+                import faiss
+
+                read = faiss.read_index_binary if precision == "binary" else faiss.read_index
+                self._quantized[precision] = read(str(self.folder / QUANTIZED_FILE))
+            else:
+                self._quantized[precision] = build_quantized(self.embeddings().shards, precision)
+        return self._quantized[precision]
 
     # ------------------------------------------------------------------ Milvus
 

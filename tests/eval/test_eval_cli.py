@@ -17,6 +17,7 @@ from conftest import REPO
 from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
 from ret2.bench.trec_agreement import compare
+from ret2.eval.encoder import EncodeOptions
 from ret2.cache import Embeddings, cache_folder, encode_pool, load_pool
 from ret2.encoding import encode_items, model_fingerprint
 from ret2.data.m2kr import M2KR_DATASETS
@@ -115,6 +116,18 @@ def test_batch_size_does_not_change_results(mbeir_run, model_dir, data, tmp_path
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads((mbeir_run / "results.json").read_text())
     for run in sorted((mbeir_run / "runs").rglob("*.trec")):
         assert trec_rankings(tmp_path / run.relative_to(mbeir_run)) == trec_rankings(run), run.name
+
+
+def test_quantized_search_with_full_rescoring_ranks_as_exact(mbeir_run, model_dir, data, tmp_path):
+    """`--precision binary` with a multiplier covering every pool (16 local, 256 global candidates) rescores them all:
+    the fp16 run's rankings and metrics, on the same cached embeddings; a bad precision is named."""
+    run_mbeir(model_dir, data, tmp_path, "--pool", "both", "--cache-dir", str(mbeir_run / "cache"),
+              "--precision", "binary", "--rescore-multiplier", "6")
+    assert json.loads((tmp_path / "results.json").read_text()) == json.loads((mbeir_run / "results.json").read_text())
+    for run in sorted((mbeir_run / "runs").rglob("*.trec")):
+        assert trec_rankings(tmp_path / run.relative_to(mbeir_run)) == trec_rankings(run), run.name
+    with pytest.raises(ValueError, match=r"precision 'int4' is not one of \['fp16', 'int8', 'binary'\]"):
+        EncodeOptions(precision="int4")
 
 
 def test_global_pool_is_the_union_of_the_local_caches(mbeir_run, model_dir, data):

@@ -137,3 +137,21 @@ def test_flop_count_of_a_linear_layer():
     assert layer.weight.requires_grad  # restored after the count
 
 
+
+
+def test_search_index_rows_of_every_engine_at_a_tiny_size():
+    """`ret2.bench.search_index.run` at 512 clustered documents: both exact rows (the fastest at speed 1.0), each
+    quantized row with its code size, IVF-PQ with ids, centroids and codebooks counted; int8 rescored finds the exact
+    top 10."""
+    from ret2.bench.search_index import run
+
+    rows = run(512, dim=16, num_queries=4, recall_queries=8, repeats=1, clusters=8, hnsw=False,
+               precisions=("int8", "binary"), rescore_multipliers=(0, 10), nprobe=(8,), nlist=8, pq_m=4)  # fmt: skip
+    assert len(rows) == 8 and max(r["speedup"] for r in rows[:2]) == 1.0
+    by_engine = {r["engine"]: r for r in rows}
+    assert by_engine["int8 codes, flat scan"]["bytes_per_doc"] == 16
+    assert by_engine["int8 codes, flat scan + fp16 rescoring of 10 x k"]["recall_at_10"] == 1.0
+    assert by_engine["binary codes, flat scan"]["bytes_per_doc"] == 2
+    ivfpq = by_engine["IVF-PQ (nlist=8, m=4), nprobe=8 + fp16 rescoring of 10 x k"]
+    assert ivfpq["bytes_per_doc"] == (512 * (4 + 8) + 8 * 16 * 4 + 256 * 16 * 4) / 512
+    assert all(0 <= r["recall_at_10"] <= 1 for r in rows)

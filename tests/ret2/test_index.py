@@ -172,6 +172,37 @@ def test_approximate_index_reports_recall(model_dir, tmp_path):
     assert Ret2Index.open(tmp_path / "idx")._load_approximate().ntotal == 33
 
 
+def test_quantized_index_persists_reopens_and_follows_add(model_dir, tmp_path, capsys):
+    """An index built with precision="binary" saves its sign bits, reopens with them and ranks exactly when the rescoring
+    covers every document; its codes follow `add`; int8 is made in memory at search time; the CLI takes both options;
+    a quantized engine other than the flat scan is refused."""
+    from ret2.index.__main__ import main
+
+    records = _records(tmp_path, n=24)
+    index = Ret2Index.build(tmp_path / "idx", records[:20], model=model_dir, image_root=tmp_path, precision="binary")
+    assert (tmp_path / "idx" / "quantized.faiss").is_file() and index.info()["config"]["precision"] == "binary"
+    exact = index.search(["red circle", pattern(104)], k=5, precision="fp16")
+    reopened = Ret2Index.open(tmp_path / "idx")
+    assert reopened.precision == "binary" and reopened._load_quantized("binary").ntotal == 20
+    hits = reopened.search(["red circle", pattern(104)], k=5)  # 10 x 5 candidates: all 20 documents rescored
+    assert [[(h.id, round(h.score, 5)) for h in q] for q in hits] == [[(h.id, round(h.score, 5)) for h in q] for q in exact]
+    width = reopened.embeddings().shards[0].shape[1]
+    raw = reopened.search("red circle", k=5, rescore_multiplier=0)  # sign agreement: 1 - 2 * Hamming / D
+    assert all((1 - h.score) * width / 2 == round((1 - h.score) * width / 2) for h in raw)
+    assert [h.id for h in reopened.search("red circle", k=5, precision="int8")] == [h.id for h in exact[0]]
+    reopened.add(records[20:])
+    assert Ret2Index.open(tmp_path / "idx")._load_quantized("binary").ntotal == 24
+    with pytest.raises(ValueError, match="precision 'int8' applies to engine 'exact'"):
+        reopened.search("red circle", engine="approximate", precision="int8")
+    with pytest.raises(ValueError, match=r"precision 'int4' is not one of \['fp16', 'int8', 'binary'\]"):
+        Ret2Index.build(tmp_path / "other", records, model=model_dir, image_root=tmp_path, precision="int4")
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records[:6]))
+    main(["build", str(tmp_path / "cli"), str(tmp_path / "docs.jsonl"), "--model", model_dir, "--precision", "int8"])
+    main(["search", str(tmp_path / "cli"), "--text", "red circle", "-k", "3", "--rescore-multiplier", "0", "--json"])
+    out = capsys.readouterr().out.splitlines()
+    assert Ret2Index.open(tmp_path / "cli").precision == "int8" and len(json.loads(out[-1])) == 3
+
+
 def test_milvus_lite_top10_equals_exact(model_dir, tmp_path):
     pytest.importorskip("pymilvus")
     pytest.importorskip("milvus_lite")

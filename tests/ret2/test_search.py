@@ -1,5 +1,5 @@
 """`ret2.search.search`: faiss and torch give the same exact ranking, chunked scans, late interaction, renormalised
-stored vectors, the torch fallback, and the errors."""
+stored vectors, the torch fallback, the errors, the default backend, and int8 / binary search with rescoring."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from ret2 import search as search_module
-from ret2.search import search
+from ret2.search import build_ivfpq, build_quantized, recall_at_k, search, search_quantized, unit_rows
 from modeling_ret2 import Ret2Model
 
 
@@ -106,3 +106,86 @@ def test_k_is_capped_by_the_pool_and_errors(single):
         search(unit_fp16((2, 3, 16), 0), [unit_fp16((5, 3, 16), 1)], 2, backend="faiss")
     with pytest.raises(ValueError, match="not one of"):
         search(queries, [docs], 5, backend="annoy")
+
+
+# ----------------------------------------------------------------------------- quantized: int8 codes, sign bits
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    """2,000 fp16 unit vectors of width 128 around 20 centres, in two shards, and 40 queries drawn the same way."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((20, 128)).astype(np.float32)
+    points = centres[rng.integers(0, 20, 2040)] + 0.8 * rng.standard_normal((2040, 128)).astype(np.float32)
+    points = (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float16)
+    return points[2000:].astype(np.float32), [points[:700], points[700:2000]]
+
+
+def test_backend_auto_is_torch():
+    """`auto` picks torch, the faster backend at every size measured on the CPU (docs/benchmarks.md#search-at-scale)."""
+    for device in ("cpu", "cuda"):
+        assert search_module._resolve_backend("auto", False, torch.device(device)) == "torch"
+    assert search_module._resolve_backend("faiss", False, torch.device("cpu")) == "faiss"
+
+
+def test_quantized_top_k_agrees_with_exact(clustered):
+    """The stated tolerance, as recall@10 against exact on this clustered collection: int8 codes alone >= 0.95 and
+    with rescoring x4 the exact top 10; binary with rescoring x4 >= 0.7 (more than its codes alone), x10 (the default)
+    >= 0.95. Rescored scores are the exact ones, and a multiplier covering every document gives the exact ranking."""
+    queries, shards = clustered
+    exact_scores, exact = search(queries, shards, 10)
+    recall = {}
+    for precision in ("int8", "binary"):
+        for multiplier in (0, 4, 10):
+            scores, ids = search(queries, shards, 10, precision=precision, rescore_multiplier=multiplier)
+            recall[precision, multiplier] = recall_at_k(exact, ids)
+            assert (np.diff(scores, axis=1) <= 0).all()
+            if multiplier:
+                found = exact == ids
+                np.testing.assert_allclose(scores[found], exact_scores[found], rtol=1e-6)  # rescored: exact scores
+        _, everything = search(queries, shards, 10, precision=precision, rescore_multiplier=200)
+        np.testing.assert_array_equal(everything, exact)
+    assert recall["int8", 0] >= 0.95 and recall["int8", 4] == 1.0, recall
+    assert recall["binary", 0] < 0.7 <= recall["binary", 4] < recall["binary", 10] and recall["binary", 10] >= 0.95, recall
+    raw_scores, _ = search(queries, shards, 10, precision="int8", rescore_multiplier=0)  # the codes' own scores
+    assert np.abs(raw_scores - exact_scores).max() < 0.05
+
+
+def test_quantized_codes_sizes_calibration_and_errors(clustered):
+    """int8 spends a byte per dimension over each dimension's stored range, binary a bit; bad values are named."""
+    _, shards = clustered
+    docs = np.concatenate(shards).astype(np.float32)
+    int8, binary = build_quantized(shards, "int8"), build_quantized(shards, "binary")
+    assert (int8.ntotal, int8.code_size, binary.ntotal, binary.code_size) == (2000, 128, 2000, 16)
+    decoded = int8.sa_decode(int8.sa_encode(unit_rows(docs)))
+    step = (docs.max(0) - docs.min(0)) / 255  # the calibrated range of each dimension in 255 steps
+    assert (np.abs(decoded - unit_rows(docs)) <= step).all()
+    np.testing.assert_array_equal(binary.reconstruct_n(0, 3), np.packbits(docs[:3] > 0, axis=1))
+    with pytest.raises(ValueError, match=r"precision 'int4' is not one of \['fp16', 'int8', 'binary'\]"):
+        search(docs[:2], shards, 5, precision="int4")
+    with pytest.raises(ValueError, match="rescore_multiplier must be an integer >= 0.*got -1"):
+        search(docs[:2], shards, 5, precision="int8", rescore_multiplier=-1)
+    with pytest.raises(ValueError, match="multiple of 8, got 12"):
+        build_quantized([docs[:, :12]], "binary")
+    with pytest.raises(ValueError, match="multi-vector"):
+        search(docs[:8].reshape(2, 4, 128), [docs.reshape(500, 4, 128)], 5, precision="binary")
+
+
+def test_ivfpq_with_rescoring_against_exact(clustered):
+    """IVF-PQ (16 cells, 16 bytes a document) rescored from fp16: visiting every cell with enough candidates gives the
+    exact top 10; one cell, and fewer candidates than asked, pads with -1 after the found ones; bad sizes are named."""
+    queries, shards = clustered
+    _, exact = search(queries, shards, 10)
+    index = build_ivfpq(shards, nlist=16, m=16, train_size=1000)
+    assert (index.ntotal, index.code_size, index.nlist) == (2000, 16, 16)
+    index.nprobe = 16
+    _, ids = search_quantized(index, queries, shards, 10, rescore_multiplier=20)
+    assert recall_at_k(exact, ids) >= 0.99
+    index.nprobe = 1
+    scores, ids = search_quantized(index, queries, shards, 1000, rescore_multiplier=2)  # 2,000 asked, one cell holds fewer
+    assert (ids == -1).any() and ((ids == -1) == np.isneginf(scores)).all()
+    assert all((row[row >= 0].size == len(set(row[row >= 0]))) and (row[np.argmax(row < 0):] < 0).all() for row in ids)
+    with pytest.raises(ValueError, match="m=24 must divide the embedding width 128"):
+        build_ivfpq(shards, nlist=16, m=24)
+    with pytest.raises(ValueError, match="nlist=4096 cells need at least as many documents; the collection holds 2000"):
+        build_ivfpq(shards, nlist=4096, m=16)
