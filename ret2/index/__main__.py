@@ -46,6 +46,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default="upright",
                    help="upright: turned by EXIF orientation (default); stored: as the file stores them, as the "
                         "benchmarks read images (docs/images.md). Kept in the index for add and search")  # fmt: skip
+    p.add_argument("--truncate-dim", type=int,
+                   help="search with this prefix of every embedding, re-normalised (Matryoshka sizes; default: the "
+                        "full embedding). Kept in the index for add and search")  # fmt: skip
     fields(p)
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "build":
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
                                 args.dtype, args.device, args.num_workers, **fields_,
-                                image_orientation=args.image_orientation)  # fmt: skip
+                                image_orientation=args.image_orientation, truncate_dim=args.truncate_dim)  # fmt: skip
         print(f"{args.folder}: {len(index)} documents")
     elif args.command == "add":
         index = Ret2Index.open(args.folder, args.model, args.device)

@@ -16,7 +16,8 @@ import torch
 
 from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool, write_atomic
 from ret2.data.images import check_orientation
-from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint
+from configuration_ret2 import Ret2Config
+from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint, truncate_array
 from ret2.index import ENGINES
 from ret2.records import Records, read_records
 from ret2.search import BACKENDS, build_hnsw, recall_at_k, search_hnsw, unit_rows
@@ -139,6 +140,7 @@ class Ret2Index:
         text_field: str = "text",
         image_field: str = "image",
         image_orientation: str = "upright",
+        truncate_dim: int | None = None,
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -155,6 +157,10 @@ class Ret2Index:
             image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "upright"
                 (turned by their EXIF orientation, as `Ret2Model.encode` reads them) or "stored" (EXIF ignored, as
                 the benchmarks read them). Stored in `index.json`: `add` and image queries of `search` use it.
+            truncate_dim: search with the first `truncate_dim` components of every embedding, re-normalised
+                (Matryoshka sizes); in [1, the model's embedding_dim], with a warning when the model was not trained
+                for that size. Stored in `index.json`; documents and queries alike are truncated (the cache keeps the
+                full embeddings, truncated as they are loaded). None: the full embedding.
         """
         folder = Path(folder)
         if dtype not in DTYPES:
@@ -173,6 +179,7 @@ class Ret2Index:
                 raise FileExistsError(f"{folder} exists and is not an index folder; pick an empty or new folder")
             fingerprint = model_fingerprint(str(model))  # a bad model fails here, before the folder is made
             config = _model_config(str(model))
+            Ret2Config.from_dict(config).check_truncate_dim(truncate_dim)  # so does a bad truncate_dim
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
@@ -180,7 +187,7 @@ class Ret2Index:
                 "model": {"name_or_path": str(model), "fingerprint": fingerprint},
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
                            "image_root": str(root), "multi_vector": config.get("pooling") == "none",
-                           "image_orientation": image_orientation},
+                           "image_orientation": image_orientation, "truncate_dim": truncate_dim},
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
@@ -225,6 +232,15 @@ class Ret2Index:
     def image_orientation(self) -> str:
         """How image files are read (documents and image queries alike), chosen at build: "upright" or "stored"."""
         return self.meta["config"]["image_orientation"]
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """The embedding size searched (documents and queries truncated, re-normalised), chosen at build; None: full."""
+        return self.meta["config"].get("truncate_dim")  # indexes built before the option hold full embeddings
+
+    def _truncated(self, shards: list[np.ndarray]) -> list[np.ndarray]:
+        """Cached (full) embeddings as searched: their `truncate_dim` prefixes, re-normalised (in memory)."""
+        return shards if self.truncate_dim is None else [truncate_array(s, self.truncate_dim) for s in shards]
 
     def __len__(self) -> int:
         return sum(p["count"] for p in self.meta["parts"] if p["complete"])
@@ -292,7 +308,8 @@ class Ret2Index:
         pending["complete"] = True
         self._embeddings = self._parts = None
         if self._load_approximate() is not None:  # keep the approximate index in step
-            self._approximate.add(unit_rows(np.concatenate(load_pool(pool, self._cache(pool), config["shard_size"]).shards)))
+            shards = load_pool(pool, self._cache(pool), config["shard_size"]).shards
+            self._approximate.add(unit_rows(np.concatenate(self._truncated(shards))))
             self._write_approximate()
         self._save()
         return len(records)
@@ -307,12 +324,14 @@ class Ret2Index:
     # ------------------------------------------------------------------ embeddings and records
 
     def embeddings(self) -> Embeddings:
-        """The fp16 embeddings of every document (memory-mapped cache shards) and their ids, in index order."""
+        """The fp16 embeddings of every document (memory-mapped cache shards; with `truncate_dim`, their truncated
+        copies in memory) and their ids, in index order."""
         if self._embeddings is None:
             complete = [p for p in self.meta["parts"] if p["complete"]]
             pools = [self._pool(p) for p in complete]
             shard_size = self.meta["config"]["shard_size"]
-            self._embeddings = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            full = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            self._embeddings = Embeddings(full.ids, self._truncated(full.shards))
             self._parts = [(pool.load, Path(part["image_root"])) for pool, part in zip(pools, complete)]
         return self._embeddings
 
@@ -339,7 +358,7 @@ class Ret2Index:
             raise ValueError("no queries to encode")
         batch_size = batch_size or self.meta["config"]["batch_size"]
         embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size,
-                                       image_orientation=self.image_orientation)  # fmt: skip
+                                       image_orientation=self.image_orientation, truncate_dim=self.truncate_dim)  # fmt: skip
         return embeddings.astype(np.float16)
 
     def search(
