@@ -80,7 +80,8 @@ class ModelArguments:
         default=None,
         metadata={"help": "Matryoshka sizes, e.g. `--matryoshka_dims 768 256 64`: the loss is summed over these "
                   "prefixes of the embedding (each re-normalised); recorded in the model's config "
-                  "(`matryoshka_dims`). Default: the full embedding only."},
+                  "(`matryoshka_dims`). Default: the sizes a ReT-2 `--model` was trained for, else the full "
+                  "embedding only."},
     )  # fmt: skip
     config_overrides: str = field(
         default="",
@@ -278,7 +279,7 @@ def train(
     model, processor = load_training_model(model_args, train_set, training_args.seed)
     from .trainer import ContrastiveTrainer  # here: transformers' Trainer imports datasets (--help stays light)
 
-    dims = model_args.matryoshka_dims
+    dims = model.config.matryoshka_dims  # the flag's, or those of the ReT-2 folder this run continues
     loss = MatryoshkaLoss(ContrastiveLoss(), dims) if dims else None
 
     trainer = ContrastiveTrainer(
