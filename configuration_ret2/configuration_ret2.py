@@ -171,6 +171,10 @@ FIELD_RULES: dict[str, FieldRule] = {
     "gated": FieldRule("bool"),
     "recurrent": FieldRule("bool"),
     "skip_missing_modalities": FieldRule("bool"),
+    "matryoshka_dims": FieldRule(
+        "layer_ids", check=lambda dims: len(dims) > 0 and min(dims) >= 1 and len(set(dims)) == len(dims),
+        valid="a non-empty list of distinct positive sizes (e.g. [768, 256, 64])", optional=True,
+    ),
 }
 
 
@@ -240,6 +244,10 @@ class Ret2Config(PretrainedConfig):
         skip_missing_modalities (`bool`, *optional*, defaults to `True`):
             Never run a tower on samples that lack its modality. The masks make a missing modality's contribution
             exactly zero, so the embeddings are the same as running the tower on a placeholder; only faster.
+        matryoshka_dims (`list[int]`, *optional*):
+            The embedding sizes the model was trained for (`ret2-train --matryoshka_dims`): the contrastive loss was
+            summed over these prefixes of the embedding, each re-normalised. Recorded, not used by `forward`;
+            `encode(..., truncate_dim=d)` warns when `d` is not one of them. None: trained at full size only.
 
     Every field is checked when it is set (`FIELD_RULES`): a value of the wrong type raises `TypeError` (ints are
     accepted for floats, only `True` / `False` for bools), a value outside the valid ones raises `ValueError`, both
@@ -287,6 +295,7 @@ class Ret2Config(PretrainedConfig):
         gated: bool = True,
         recurrent: bool = True,
         skip_missing_modalities: bool = True,
+        matryoshka_dims: list[int] | None = None,
         **kwargs,
     ):
         arguments = locals()
@@ -328,10 +337,35 @@ class Ret2Config(PretrainedConfig):
                 f"text_layer_ids has {len(self.text_layer_ids)} taps and vision_layer_ids has "
                 f"{len(self.vision_layer_ids)}; the cell takes one step per (text, vision) pair, so they must match."
             )
+        too_large = [d for d in self.matryoshka_dims or () if d > self.embedding_dim]
+        if too_large:
+            raise ValueError(
+                f"matryoshka_dims={self.matryoshka_dims} has sizes {too_large} above embedding_dim={self.embedding_dim}; "
+                f"valid sizes are in [1, {self.embedding_dim}]."
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
                 f"valid head counts divide {self.hidden_size}."
+            )
+
+    def check_truncate_dim(self, truncate_dim: int | None) -> None:
+        """Refuse a `truncate_dim` the embeddings cannot be cut to (ValueError naming it and the valid range); log a
+        warning when the model was not trained for that size (not one of `matryoshka_dims`): it still works, usually
+        with lower quality. None (no truncation) passes."""
+        if truncate_dim is None:
+            return
+        size = _integer(truncate_dim)
+        if size is None or not 1 <= size <= self.embedding_dim:
+            raise ValueError(
+                f"truncate_dim={truncate_dim!r} is not valid for this model: give an integer in [1, "
+                f"{self.embedding_dim}] (its embedding_dim), or None for the full embedding."
+            )
+        trained = self.matryoshka_dims or [self.embedding_dim]
+        if size not in trained:
+            logger.warning(
+                f"truncate_dim={size}: this model was trained for the sizes {sorted(trained, reverse=True)}, not "
+                f"{size}; its {size}-d prefixes may rank worse (train with --matryoshka_dims to supervise them)."
             )
 
     @property

@@ -15,7 +15,7 @@ import torch
 from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool
 from ret2.data.images import IMAGE_ORIENTATIONS, check_orientation
 from ret2.distributed import Dist, barrier, default_num_workers, init_distributed
-from ret2.encoding import DTYPES, Item, encode_items, load_model_and_processor, model_fingerprint
+from ret2.encoding import DTYPES, Item, encode_items, load_model_and_processor, model_fingerprint, truncate_array
 from ret2.search import BACKENDS, PRECISIONS, RESCORE_MULTIPLIER, check_precision
 
 
@@ -36,6 +36,9 @@ class EncodeOptions:
         rescore_multiplier: int8 / binary: candidates rescored per result (0: the codes' own ranking).
         image_orientation: how image files are read, one of `IMAGE_ORIENTATIONS` (docs/images.md): "stored" (EXIF
             orientation not applied), the M-BEIR / M2KR protocol, or "upright" (EXIF applied). Part of the cache key.
+        truncate_dim: search with the first `truncate_dim` components of every embedding, re-normalised (Matryoshka
+            sizes); None: the full embedding. The cache holds full embeddings, truncated as they are loaded, so every
+            size reuses one encoding of the pools.
     """
 
     batch_size: int = 64
@@ -48,6 +51,7 @@ class EncodeOptions:
     image_orientation: str = "stored"
     precision: str = "fp16"
     rescore_multiplier: int = RESCORE_MULTIPLIER
+    truncate_dim: int | None = None
 
     def __post_init__(self):
         for name in ("batch_size", "shard_size"):
@@ -62,6 +66,8 @@ class EncodeOptions:
             raise ValueError(f"search_backend {self.search_backend!r} is not one of {list(BACKENDS)}")
         check_orientation(self.image_orientation)
         check_precision(self.precision, self.rescore_multiplier)
+        if self.truncate_dim is not None and (not isinstance(self.truncate_dim, int) or self.truncate_dim < 1):
+            raise ValueError(f"truncate_dim must be a positive integer or None, got {self.truncate_dim!r}")
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
@@ -81,6 +87,9 @@ class EncodeOptions:
         parser.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default=cls.image_orientation,
                             help="stored: EXIF orientation not applied, as the benchmarks read images (default); "
                                  "upright: turned by EXIF orientation (docs/images.md)")
+        parser.add_argument("--truncate-dim", type=int, default=cls.truncate_dim,
+                            help="search with this prefix of every embedding, re-normalised (Matryoshka sizes; "
+                                 "default: the full embedding)")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> EncodeOptions:
@@ -114,6 +123,7 @@ class Encoder:
             net, processor = load_model_and_processor(str(model), device, dtype)
         else:
             net, processor = loaded[0].to(device=device, dtype=dtype).eval(), loaded[1]
+        net.config.check_truncate_dim(options.truncate_dim)
         return cls(job, device, net, processor, options, model_fingerprint(str(model)))
 
     def pools(self, pools: Sequence[Pool], image_root: str | Path) -> dict[str, Embeddings] | None:
@@ -132,8 +142,13 @@ class Encoder:
         barrier(self.job)
         if not self.job.is_main:
             return None
-        return {pool.name: load_pool(pool, folders[pool.name], options.shard_size) for pool in pools}
+        loaded = {pool.name: load_pool(pool, folders[pool.name], options.shard_size) for pool in pools}
+        if options.truncate_dim is None:
+            return loaded
+        return {name: Embeddings(pool.ids, [truncate_array(shard, options.truncate_dim) for shard in pool.shards])
+                for name, pool in loaded.items()}  # fmt: skip
 
     def queries(self, items: Sequence[Item], image_root: str | Path, desc: str) -> np.ndarray:
         return encode_items(self.model, self.processor, items, image_root, "query", self.options.batch_size,
-                            self.options.num_workers, desc, orientation=self.options.image_orientation)  # fmt: skip
+                            self.options.num_workers, desc, orientation=self.options.image_orientation,
+                            truncate_dim=self.options.truncate_dim)  # fmt: skip

@@ -176,7 +176,8 @@ def evaluate_m2kr(
             results[dataset.name] = {name: metrics[name] for name in dataset.metric_names}
             write_trec(output_dir / "runs" / f"{dataset.stem}.trec", [q["qid"] for q in queries], pool.ids,
                        indices, scores, run_name)
-        write_report(output_dir, results, results_table(results), model, encoder.fingerprint, root)
+        write_report(output_dir, results, results_table(results), model, encoder.fingerprint, root,
+                     options.truncate_dim)
         logger.info("results written to %s", output_dir)
         return results
     finally:

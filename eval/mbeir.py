@@ -270,7 +270,7 @@ def evaluate_mbeir(
             }
             results[name]["average"] = float(np.mean([results[name][r.query_stem][f"recall@{r.primary_k}"] for r in rows]))
         report = results_table(rows, results)
-        write_report(output_dir, results, report, model, encoder.fingerprint, root)
+        write_report(output_dir, results, report, model, encoder.fingerprint, root, options.truncate_dim)
         logger.info("results written to %s", output_dir)
         return results
     finally:

@@ -45,17 +45,20 @@ def write_trec(
 
 
 def write_report(
-    output_dir: str | Path, results: dict, table: str, model: str | Path, fingerprint: str, data_root: str | Path
+    output_dir: str | Path, results: dict, table: str, model: str | Path, fingerprint: str, data_root: str | Path,
+    truncate_dim: int | None = None,
 ) -> None:
     """`results.json` and `results.md` (`table`) in `output_dir`. `results.json` holds the metrics under their keys;
     under "model", the model they were measured on: `{"name_or_path": ..., "fingerprint": ...}`
-    (`ret2.encoding.model_fingerprint`), which `ret2-publish` checks against the model it publishes; under "data", the
+    (`ret2.encoding.model_fingerprint`), which `ret2-publish` checks against the model it publishes, and its
+    `"truncate_dim"` when the embeddings were truncated (`EncodeOptions.truncate_dim`); under "data", the
     data: `{"root": ..., "generated": bool}` (written by `ret2.data.synthetic`), which decides whether the model card
     names the benchmark."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     named = {
-        "model": {"name_or_path": str(model), "fingerprint": fingerprint},
+        "model": {"name_or_path": str(model), "fingerprint": fingerprint,
+                  **({"truncate_dim": truncate_dim} if truncate_dim is not None else {})},
         "data": {"root": str(data_root), "generated": is_generated(data_root)},
         **results,
     }  # fmt: skip

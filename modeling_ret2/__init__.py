@@ -13,6 +13,7 @@ sys.modules[f"{__name__}.configuration_ret2"] = _configuration
 
 from .modeling_ret2 import (  # noqa: E402
     Ret2Encoder, Ret2Model, Ret2Output, Ret2PreTrainedModel, Ret2RecurrentCell, encode_samples, similarity,
+    truncate_embeddings,
 )  # fmt: skip
 from .processing_ret2 import Ret2Processor, to_rgb  # noqa: E402
 from .sentence_ret2 import Ret2SentenceTransformersModule  # noqa: E402
@@ -31,4 +32,5 @@ __all__ = [
     "encode_samples",
     "similarity",
     "to_rgb",
+    "truncate_embeddings",
 ]

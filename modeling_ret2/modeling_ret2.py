@@ -62,6 +62,14 @@ def similarity(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
     return token_scores.amax(dim=-1).sum(dim=-1)
 
 
+def truncate_embeddings(embeddings: torch.Tensor, truncate_dim: int | None) -> torch.Tensor:
+    """Matryoshka truncation: the first `truncate_dim` components of each (N, D) or (N, K, D) embedding, L2-normalised
+    again (in float32, returned in the input's dtype), so that `similarity` stays cosine. None: `embeddings` as given."""
+    if truncate_dim is None:
+        return embeddings
+    return F.normalize(embeddings[..., :truncate_dim].float(), dim=-1).to(embeddings.dtype)  # (..., truncate_dim)
+
+
 @dataclass
 class Ret2Output(ModelOutput):
     """
@@ -594,6 +602,7 @@ class Ret2Model(Ret2PreTrainedModel):
         convert_to: str = "numpy",
         num_workers: int = 0,
         image_orientation: str = "upright",
+        truncate_dim: int | None = None,
     ) -> "np.ndarray | torch.Tensor":
         """Encode raw queries or documents: texts, images, or both per sample, in one call.
 
@@ -618,9 +627,13 @@ class Ret2Model(Ret2PreTrainedModel):
             image_orientation: how image files are read: `"upright"` (turned by their EXIF orientation, as a photo
                 viewer shows them) or `"stored"` (as stored, EXIF orientation ignored: the M-BEIR / M2KR benchmarks'
                 protocol). PIL images and arrays are taken as given.
+            truncate_dim: keep only the first `truncate_dim` components of each embedding and L2-normalise them again
+                (Matryoshka sizes, `truncate_embeddings`); in [1, embedding_dim], with a warning when the model was
+                not trained for that size (`config.matryoshka_dims`). None: the full embedding.
 
         Returns:
-            `(N, embedding_dim)`, or `(N, K, embedding_dim)` when `pooling="none"`; L2-normalised.
+            `(N, embedding_dim or truncate_dim)`, or `(N, K, embedding_dim or truncate_dim)` when `pooling="none"`;
+            L2-normalised.
         """
         if kind not in ("query", "document"):
             raise ValueError(f"kind={kind!r} is not valid; valid: ['document', 'query'].")
@@ -630,6 +643,7 @@ class Ret2Model(Ret2PreTrainedModel):
             raise ValueError(f"batch_size={batch_size} must be at least 1.")
         if isinstance(inputs, (str, tuple, dict, os.PathLike)) or not isinstance(inputs, Sequence):
             raise TypeError(f"inputs must be a list of samples, got a {type(inputs).__name__}: wrap one sample in [].")
+        self.config.check_truncate_dim(truncate_dim)
         processor = processor if processor is not None else self._default_processor()
         samples = [split_input(item) for item in inputs]
         if not samples:
@@ -642,6 +656,7 @@ class Ret2Model(Ret2PreTrainedModel):
                 image_orientation=image_orientation,
                 show_progress_bar=show_progress_bar if show_progress_bar is not None else len(samples) > batch_size,
             )  # fmt: skip
+        out = truncate_embeddings(out, truncate_dim)
         return out.float().cpu().numpy() if convert_to == "numpy" else out
 
     def _default_processor(self) -> Ret2Processor:
@@ -673,6 +688,7 @@ class Ret2Model(Ret2PreTrainedModel):
                 module.compile(**kwargs)
 
     similarity = staticmethod(similarity)
+    truncate_embeddings = staticmethod(truncate_embeddings)
 
     def forward(
         self,
@@ -812,4 +828,7 @@ def _presence(
     return mask
 
 
-__all__ = ["Ret2Model", "Ret2PreTrainedModel", "Ret2Output", "Ret2RecurrentCell", "Ret2Encoder", "similarity"]
+__all__ = [
+    "Ret2Model", "Ret2PreTrainedModel", "Ret2Output", "Ret2RecurrentCell", "Ret2Encoder", "similarity",
+    "truncate_embeddings",
+]

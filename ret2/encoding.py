@@ -23,7 +23,7 @@ import torch
 from transformers import AutoModel, AutoProcessor
 from transformers.utils import cached_file
 
-from modeling_ret2 import encode_samples
+from modeling_ret2 import encode_samples, truncate_embeddings
 
 from .data.images import ImageLoader
 from .jsonl import record_line
@@ -156,13 +156,15 @@ def encode_items(
     *,
     orientation: str,
     show_progress_bar: bool = True,
+    truncate_dim: int | None = None,
 ) -> np.ndarray:
     """fp16 embeddings, (N, D) or (N, K, D), of items, in order, through the model's one batching engine
     (`modeling_ret2.encode_samples`: sorted by modality and length, order restored).
 
     `side` is "query" or "document"; `orientation` how image files are read (one of `IMAGE_ORIENTATIONS`). A record
     with neither text nor image, or a missing or unreadable image, raises an error naming the record's file and line,
-    the image path and the record id.
+    the image path and the record id. `truncate_dim`: keep that prefix of each embedding, re-normalised (checked by
+    the model's config: `Ret2Config.check_truncate_dim`).
     """
     if not items:
         raise ValueError(f"{desc}: nothing to encode")
@@ -171,10 +173,20 @@ def encode_items(
     for item in items:
         if not item.text and not item.image:
             raise ValueError(f"{item.where()}: record {item.id!r} has neither text nor an image")
+    if truncate_dim is not None:
+        model.config.check_truncate_dim(truncate_dim)
     embeddings = encode_samples(
         model.encode_queries if side == "query" else model.encode_documents, processor,
         [(item.text or None, item.image or None) for item in items], device=next(model.parameters()).device,
         batch_size=batch_size, num_workers=num_workers, open_image=_ItemImages(items, image_root, orientation),
         show_progress_bar=show_progress_bar, desc=desc,
     )  # fmt: skip
-    return embeddings.float().cpu().numpy().astype(np.float16)
+    return truncate_embeddings(embeddings.float(), truncate_dim).cpu().numpy().astype(np.float16)
+
+
+def truncate_array(embeddings: np.ndarray, truncate_dim: int) -> np.ndarray:
+    """fp16 (N, D) or (N, K, D) embeddings -> the fp16 prefixes of `truncate_dim` components, re-normalised in float32
+    (`modeling_ret2.truncate_embeddings`): what `encode_items(..., truncate_dim=)` returns for the same items, from
+    full embeddings already encoded (e.g. the cache's), up to the fp16 rounding of the full vectors."""
+    prefix = torch.from_numpy(np.asarray(embeddings[..., :truncate_dim], dtype=np.float32))
+    return truncate_embeddings(prefix, truncate_dim).numpy().astype(np.float16)

@@ -50,6 +50,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--precision", choices=list(PRECISIONS), default="fp16",
                    help="what search scans by default: fp16 (exact), int8 (1 byte a dimension) or binary (1 bit), "
                         "whose best candidates are rescored from the fp16 vectors")  # fmt: skip
+    p.add_argument("--truncate-dim", type=int,
+                   help="search with this prefix of every embedding, re-normalised (Matryoshka sizes; default: the "
+                        "full embedding). Kept in the index for add and search")  # fmt: skip
     fields(p)
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
@@ -123,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "build":
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
                                 args.dtype, args.device, args.num_workers, **fields_,
-                                image_orientation=args.image_orientation, precision=args.precision)  # fmt: skip
+                                image_orientation=args.image_orientation, precision=args.precision,
+                                truncate_dim=args.truncate_dim)  # fmt: skip
         print(f"{args.folder}: {len(index)} documents")
     elif args.command == "add":
         index = Ret2Index.open(args.folder, args.model, args.device)

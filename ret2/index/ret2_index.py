@@ -16,7 +16,8 @@ import torch
 
 from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool, write_atomic
 from ret2.data.images import check_orientation
-from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint
+from configuration_ret2 import Ret2Config
+from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint, truncate_array
 from ret2.index import ENGINES
 from ret2.records import Records, read_records
 from ret2.search import (BACKENDS, RESCORE_MULTIPLIER, build_hnsw, build_quantized, check_precision, recall_at_k,
@@ -143,6 +144,7 @@ class Ret2Index:
         image_field: str = "image",
         image_orientation: str = "upright",
         precision: str = "fp16",
+        truncate_dim: int | None = None,
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -162,6 +164,10 @@ class Ret2Index:
             precision: what `search` scans by default, one of `ret2.search.PRECISIONS`: "fp16" (the stored vectors,
                 exact), "int8" (D bytes a document) or "binary" (D / 8 bytes), whose codes are saved in the folder
                 (`quantized.faiss`) beside the fp16 vectors that rescore their best candidates. Single vectors only.
+            truncate_dim: search with the first `truncate_dim` components of every embedding, re-normalised
+                (Matryoshka sizes); in [1, the model's embedding_dim], with a warning when the model was not trained
+                for that size. Stored in `index.json`; documents and queries alike are truncated (the cache keeps the
+                full embeddings, truncated as they are loaded). None: the full embedding.
         """
         folder = Path(folder)
         if dtype not in DTYPES:
@@ -184,6 +190,7 @@ class Ret2Index:
             if precision != "fp16" and config.get("pooling") == "none":
                 raise ValueError(f"precision {precision!r} needs single-vector embeddings; this model is multi-vector "
                                  "(pooling='none', ReT-1 mode), searched exactly: use precision='fp16'")
+            Ret2Config.from_dict(config).check_truncate_dim(truncate_dim)  # so does a bad truncate_dim
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
@@ -191,7 +198,8 @@ class Ret2Index:
                 "model": {"name_or_path": str(model), "fingerprint": fingerprint},
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
                            "image_root": str(root), "multi_vector": config.get("pooling") == "none",
-                           "image_orientation": image_orientation, "precision": precision},
+                           "image_orientation": image_orientation, "precision": precision,
+                           "truncate_dim": truncate_dim},
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
@@ -241,6 +249,15 @@ class Ret2Index:
     def precision(self) -> str:
         """What `search` scans by default, chosen at build: "fp16" (exact), "int8" or "binary" (+ rescoring)."""
         return self.meta["config"].get("precision", "fp16")
+
+    @property
+    def truncate_dim(self) -> int | None:
+        """The embedding size searched (documents and queries truncated, re-normalised), chosen at build; None: full."""
+        return self.meta["config"].get("truncate_dim")  # indexes built before the option hold full embeddings
+
+    def _truncated(self, shards: list[np.ndarray]) -> list[np.ndarray]:
+        """Cached (full) embeddings as searched: their `truncate_dim` prefixes, re-normalised (in memory)."""
+        return shards if self.truncate_dim is None else [truncate_array(s, self.truncate_dim) for s in shards]
 
     def __len__(self) -> int:
         return sum(p["count"] for p in self.meta["parts"] if p["complete"])
@@ -308,7 +325,8 @@ class Ret2Index:
         pending["complete"] = True
         self._embeddings = self._parts = None
         if self._load_approximate() is not None:  # keep the approximate index in step
-            self._approximate.add(unit_rows(np.concatenate(load_pool(pool, self._cache(pool), config["shard_size"]).shards)))
+            shards = load_pool(pool, self._cache(pool), config["shard_size"]).shards
+            self._approximate.add(unit_rows(np.concatenate(self._truncated(shards))))
             self._write_approximate()
         if self.precision != "fp16":  # recalibrated on every document, old and new
             self._quantized = {self.precision: build_quantized(self.embeddings().shards, self.precision)}
@@ -326,12 +344,14 @@ class Ret2Index:
     # ------------------------------------------------------------------ embeddings and records
 
     def embeddings(self) -> Embeddings:
-        """The fp16 embeddings of every document (memory-mapped cache shards) and their ids, in index order."""
+        """The fp16 embeddings of every document (memory-mapped cache shards; with `truncate_dim`, their truncated
+        copies in memory) and their ids, in index order."""
         if self._embeddings is None:
             complete = [p for p in self.meta["parts"] if p["complete"]]
             pools = [self._pool(p) for p in complete]
             shard_size = self.meta["config"]["shard_size"]
-            self._embeddings = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            full = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            self._embeddings = Embeddings(full.ids, self._truncated(full.shards))
             self._parts = [(pool.load, Path(part["image_root"])) for pool, part in zip(pools, complete)]
         return self._embeddings
 
@@ -358,7 +378,7 @@ class Ret2Index:
             raise ValueError("no queries to encode")
         batch_size = batch_size or self.meta["config"]["batch_size"]
         embeddings = self.model.encode(list(queries), kind="query", processor=self.processor, batch_size=batch_size,
-                                       image_orientation=self.image_orientation)  # fmt: skip
+                                       image_orientation=self.image_orientation, truncate_dim=self.truncate_dim)  # fmt: skip
         return embeddings.astype(np.float16)
 
     def search(

@@ -16,7 +16,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
-from modeling_ret2 import similarity
+from modeling_ret2 import similarity, truncate_embeddings
 
 
 def _rank_and_world_size() -> tuple[int, int]:
@@ -160,6 +160,57 @@ class ContrastiveLoss(nn.Module):
         if copies is not None:
             logits_per_doc = logits_per_doc.masked_fill(copies, -math.inf)
         return (loss + F.cross_entropy(logits_per_doc, labels)) / 2
+
+
+class MatryoshkaLoss(nn.Module):
+    """A contrastive loss summed over nested prefixes of the embeddings (Matryoshka Representation Learning, Kusupati
+    et al. 2022): for each size d, the first d components of every query, document and hard-negative embedding,
+    L2-normalised again, go through `loss`; the result is the weighted sum over the sizes.
+
+    Args:
+        loss: the loss applied at each size (e.g. `ContrastiveLoss()`); same arguments as its `forward`.
+        dims: the sizes, each in [1, D] (D itself supervises the full embedding).
+        weights: one weight per size (default: 1 each).
+
+    Example:
+        >>> loss_fn = MatryoshkaLoss(ContrastiveLoss(), dims=[8, 4])
+        >>> q = F.normalize(torch.randn(4, 8), dim=-1)
+        >>> loss = loss_fn(q, q, torch.tensor(math.log(20.0)))
+    """
+
+    def __init__(self, loss: nn.Module, dims: list[int], weights: list[float] | None = None):
+        super().__init__()
+        if not dims or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dims):
+            raise ValueError(f"dims must be a non-empty list of positive integers (e.g. [768, 256, 64]), got {dims!r}")
+        weights = [1.0] * len(dims) if weights is None else list(weights)
+        if len(weights) != len(dims):
+            raise ValueError(f"weights must give one weight per size: {len(dims)} sizes {dims}, got {weights!r}")
+        self.loss, self.dims, self.weights = loss, list(dims), weights
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, weights={self.weights}"
+
+    def forward(
+        self,
+        query_embeds: torch.Tensor,
+        doc_embeds: torch.Tensor,
+        logit_scale: torch.Tensor,
+        neg_doc_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """sum over sizes d of weight_d * loss(prefix_d(query_embeds), prefix_d(doc_embeds), ...); the other keyword
+        arguments (`doc_ids`, `neg_doc_ids`, ...) go to `loss` unchanged."""
+        full = query_embeds.shape[-1]
+        if max(self.dims) > full:
+            raise ValueError(f"Matryoshka sizes {self.dims} exceed the embeddings' size {full}")
+        total = query_embeds.new_zeros((), dtype=torch.float32)
+        for dim, weight in zip(self.dims, self.weights):
+            total = total + weight * self.loss(
+                truncate_embeddings(query_embeds, dim), truncate_embeddings(doc_embeds, dim), logit_scale,
+                neg_doc_embeds=truncate_embeddings(neg_doc_embeds, dim) if neg_doc_embeds is not None else None,
+                **kwargs,
+            )  # fmt: skip
+        return total
 
 
 @torch.no_grad()

@@ -51,6 +51,7 @@ from .dataset import (
     FORMATS, ContrastiveDataset, StreamingContrastiveDataset, m2kr_training_sets, mbeir_training_sets,
 )  # fmt: skip
 from .lora import DEFAULT_LORA_TARGETS, apply_lora
+from .loss import ContrastiveLoss, MatryoshkaLoss
 from ret2.tiny import tiny_model_and_processor, words_of
 
 if TYPE_CHECKING:
@@ -75,6 +76,13 @@ class ModelArguments:
         metadata={"help": "Save the final model merged only, without the unmerged LoRA state used to resume."},
     )
     max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
+    matryoshka_dims: list[int] | None = field(
+        default=None,
+        metadata={"help": "Matryoshka sizes, e.g. `--matryoshka_dims 768 256 64`: the loss is summed over these "
+                  "prefixes of the embedding (each re-normalised); recorded in the model's config "
+                  "(`matryoshka_dims`). Default: the sizes a ReT-2 `--model` was trained for, else the full "
+                  "embedding only."},
+    )  # fmt: skip
     config_overrides: str = field(
         default="",
         metadata={"help": "Ret2Config fields of a new model, `key=value,key=value` (e.g. `gated=false,recurrent=false,"
@@ -83,7 +91,8 @@ class ModelArguments:
 
 
 # Fields a flag of their own sets, and sub-configs, which a `key=value` string cannot spell.
-_NOT_OVERRIDABLE = {"freeze_text_tower": "--freeze_text_tower", "freeze_vision_tower": "--freeze_vision_tower"}
+_NOT_OVERRIDABLE = {"freeze_text_tower": "--freeze_text_tower", "freeze_vision_tower": "--freeze_vision_tower",
+                    "matryoshka_dims": "--matryoshka_dims"}  # fmt: skip
 _OVERRIDABLE = sorted(name for name, rule in FIELD_RULES.items() if rule.kind != "config" and name not in
                       _NOT_OVERRIDABLE)  # fmt: skip
 _BOOLS = {"true": True, "false": False}
@@ -231,6 +240,9 @@ def load_training_model(
         processor = Ret2Processor(
             image_processor=AutoImageProcessor.from_pretrained(name), tokenizer=AutoTokenizer.from_pretrained(name)
         )
+    if args.matryoshka_dims:
+        model.config.matryoshka_dims = args.matryoshka_dims  # checked against embedding_dim below
+        model.config._validate()
     if args.lora_r:
         model = apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
     return model, processor
@@ -267,6 +279,9 @@ def train(
     model, processor = load_training_model(model_args, train_set, training_args.seed)
     from .trainer import ContrastiveTrainer  # here: transformers' Trainer imports datasets (--help stays light)
 
+    dims = model.config.matryoshka_dims  # the flag's, or those of the ReT-2 folder this run continues
+    loss = MatryoshkaLoss(ContrastiveLoss(), dims) if dims else None
+
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
@@ -276,6 +291,7 @@ def train(
         eval_dataset=eval_set,
         processing_class=processor,
         callbacks=callbacks,
+        loss=loss,
     )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.log_metrics("train", result.metrics)

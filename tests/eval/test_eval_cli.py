@@ -383,3 +383,34 @@ def test_readme_eval_command_in_reduced_precision(model_dir, data, mbeir_run, tm
     full = json.loads((mbeir_run / "results.json").read_text())["local"]
     assert abs(reduced["average"] - full["average"]) <= 0.05
     assert len(list((tmp_path / "cache").rglob("shard-*.npy"))) > 0
+
+
+def test_truncate_dim_searches_renormalised_prefixes_from_the_full_cache(mbeir_run, model_dir, data, tmp_path):
+    """`--truncate-dim D`: the cached (full) pool embeddings are cut and re-normalised as loaded, the queries as
+    encoded; the run ranks by those prefixes and results.json records D. The session run's cache is reused: no
+    encoding of the pools."""
+    from ret2.encoding import truncate_array
+    from ret2.eval.encoder import EncodeOptions, Encoder
+
+    row = ROWS["mbeir_webqa_task1_test"]
+    run_mbeir(model_dir, data, tmp_path, "--pool", "local", "--tasks", "webqa_task1", "--truncate-dim", "8",
+              "--cache-dir", str(mbeir_run / "cache"), "--batch-size", "4")  # fmt: skip
+    assert json.loads((tmp_path / "results.json").read_text())["model"]["truncate_dim"] == 8
+
+    options = EncodeOptions(batch_size=4, num_workers=0, device="cpu", cache_dir=mbeir_run / "cache", shard_size=5)
+    full, short = (Encoder.create(model_dir, EncodeOptions(**{**vars(options), "truncate_dim": d})) for d in (None, 8))
+    pool = mbeir.candidate_pool(row, data, options.cache_dir)
+    full_pool, short_pool = full.pools([pool], data)[pool.name], short.pools([pool], data)[pool.name]
+    documents = np.concatenate(short_pool.shards)
+    np.testing.assert_array_equal(documents, truncate_array(np.concatenate(full_pool.shards), 8))
+    items, _ = mbeir.read_row_queries(row, data, load_instructions(data / "instructions" / "query_instructions.tsv"),
+                                      None, options.cache_dir, set(pool.ids))  # fmt: skip
+    queries = short.queries(items, data, "queries")
+    assert queries.shape == (len(items), 8)
+    np.testing.assert_allclose(queries, truncate_array(full.queries(items, data, "queries"), 8), atol=2e-3)
+    top = np.argmax(queries.astype(np.float32) @ documents.astype(np.float32).T, axis=1)
+    ranked = [line.split() for line in (tmp_path / "runs" / "local" / f"{row.query_stem}.trec").read_text().splitlines()]
+    firsts = [line[2] for line in ranked if line[3] == "1"]
+    assert firsts == [short_pool.ids[i] for i in top]
+    with pytest.raises(ValueError, match=r"truncate_dim=99 is not valid"):
+        Encoder.create(model_dir, EncodeOptions(**{**vars(options), "truncate_dim": 99}))

@@ -172,3 +172,41 @@ def test_fields_are_checked_when_set_after_construction(tmp_path):
     assert config.freeze_text_tower is True
     with pytest.raises(ValueError, match=r"dropout=2.0 must be in \[0, 1\)"):
         config.dropout = 2
+
+
+def test_matryoshka_dims_round_trip_and_old_configs_load_without_them(tmp_path):
+    Ret2Config(embedding_dim=64, matryoshka_dims=(64, 32, 8)).save_pretrained(tmp_path / "new")
+    assert Ret2Config.from_pretrained(tmp_path / "new").matryoshka_dims == [64, 32, 8]
+    Ret2Config(embedding_dim=64).save_pretrained(tmp_path / "old")
+    data = json.loads((tmp_path / "old" / "config.json").read_text())
+    data.pop("matryoshka_dims", None)  # a config saved before the field existed
+    (tmp_path / "old" / "config.json").write_text(json.dumps(data))
+    assert Ret2Config.from_pretrained(tmp_path / "old").matryoshka_dims is None
+
+
+@pytest.mark.parametrize(
+    "dims, message",
+    [([64, 128], r"matryoshka_dims=\[64, 128\] has sizes \[128\] above embedding_dim=64"),
+     ([], "non-empty list of distinct positive sizes"), ([32, 0], "non-empty list of distinct positive sizes"),
+     ([32, 32], "non-empty list of distinct positive sizes")],
+)  # fmt: skip
+def test_matryoshka_dims_are_checked(dims, message):
+    with pytest.raises(ValueError, match=message):
+        Ret2Config(embedding_dim=64, matryoshka_dims=dims)
+
+
+def test_check_truncate_dim_refuses_bad_sizes_and_warns_off_the_trained_ones(caplog):
+    config = Ret2Config(embedding_dim=64, matryoshka_dims=[64, 16])
+    for bad in (0, 65, 2.5, "16"):
+        with pytest.raises(ValueError, match=rf"truncate_dim={bad!r} is not valid.*\[1, 64\]"):
+            config.check_truncate_dim(bad)
+    with caplog.at_level("WARNING"):
+        config.check_truncate_dim(16)
+        config.check_truncate_dim(None)
+        assert not caplog.records
+        config.check_truncate_dim(32)
+    assert "truncate_dim=32: this model was trained for the sizes [64, 16]" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        Ret2Config(embedding_dim=64).check_truncate_dim(64)  # full size: what every model is trained for
+    assert not caplog.records

@@ -133,3 +133,22 @@ def test_model_compile_compiles_the_encode_path(mixed_batch):
     for a, b in zip(eager, compiled):
         assert (a - b).abs().max().item() <= 1e-6
     torch._dynamo.reset()
+
+
+def test_truncate_dim_is_the_renormalised_prefix_of_the_full_embedding(tiny, mixed_batch, caplog):
+    model, processor = tiny
+    texts, images = mixed_batch
+    inputs = [(text, image) for text, image in zip(texts, images)]
+    full = model.encode(inputs, kind="document", processor=processor, convert_to="torch")
+    dim = model.config.embedding_dim // 4
+    with caplog.at_level("WARNING"):
+        short = model.encode(inputs, kind="document", processor=processor, convert_to="torch", truncate_dim=dim)
+    expected = full[:, :dim] / full[:, :dim].norm(dim=-1, keepdim=True)
+    assert short.shape == (len(inputs), dim)
+    torch.testing.assert_close(short, expected)
+    torch.testing.assert_close(short.norm(dim=-1), torch.ones(len(inputs)))
+    assert not torch.allclose(full[:, :dim], expected)  # the prefix alone is not unit-norm: re-normalising mattered
+    assert f"truncate_dim={dim}: this model was trained for the sizes" in caplog.text  # tiny was trained for none
+    assert model.encode([], kind="query", processor=processor, truncate_dim=dim).shape == (0, dim)
+    with pytest.raises(ValueError, match=rf"truncate_dim=0 is not valid.*\[1, {model.config.embedding_dim}\]"):
+        model.encode(["red"], kind="query", processor=processor, truncate_dim=0)

@@ -180,3 +180,20 @@ def test_max_seq_length_is_the_text_towers_limit_and_truncates_when_set(tiny, ti
     with torch.no_grad():
         expected = model.encode_queries(**inputs)
     torch.testing.assert_close(encoder.encode_query([text], convert_to_tensor=True), expected, atol=1e-5, rtol=0)
+
+
+def test_truncate_dim_with_normalize_embeddings_equals_encode_truncate_dim(tiny, tiny_model_dir, images):
+    """sentence-transformers cuts the module's output after it runs and re-normalises only with
+    `normalize_embeddings=True`; its cosine similarity ranks the same either way."""
+    model, processor = tiny
+    dim = model.config.embedding_dim // 4
+    encoder = st.SentenceTransformer(str(tiny_model_dir), trust_remote_code=True, device="cpu", truncate_dim=dim)
+    assert encoder.get_embedding_dimension() == dim
+    queries = encoder.encode_query(st_inputs(images), convert_to_tensor=True, normalize_embeddings=True)
+    documents = encoder.encode_document(st_inputs(images), convert_to_tensor=True)
+    full = expected(model, processor, images, "query")
+    assert (queries - model.truncate_embeddings(full, dim)).abs().max().item() <= 1e-5
+    inputs = [(TEXTS[i], Image.open(p) if i in (0, 1, 3, 4) else None) for i, p in enumerate(images)]
+    ours = model.encode(inputs, kind="document", processor=processor, convert_to="torch", truncate_dim=dim)
+    assert (documents - ours).abs().max().item() > 1e-3  # not re-normalised by sentence-transformers ...
+    assert torch.allclose(encoder.similarity(queries, documents), model.similarity(queries, ours), atol=1e-5)  # ... cosine

@@ -361,3 +361,37 @@ def test_cli_names_its_flag_when_a_milvus_collection_exists(model_dir, tmp_path,
         "(ret2-index milvus: --overwrite) to replace it (rerun with --traceback for the traceback)")
     main([*command, "--overwrite"])
     assert capsys.readouterr().out.strip().endswith(f"written to Milvus collection 'docs' at {tmp_path / 'docs.db'}")
+
+
+def test_truncated_index_searches_renormalised_prefixes_and_reopens(model_dir, photos, tmp_path, capsys):
+    """`--truncate-dim` at build: stored in the index, documents and queries alike cut to that prefix and
+    re-normalised, kept on reopen and for added documents."""
+    from ret2.encoding import truncate_array
+    from ret2.index.__main__ import main
+
+    full = Ret2Index.build(tmp_path / "full", photos, model=model_dir, batch_size=6)
+    dim = full.model.config.embedding_dim // 2
+    main(["build", str(tmp_path / "short"), str(photos), "--model", model_dir, "--batch-size", "6",
+          "--truncate-dim", str(dim)])  # fmt: skip
+    capsys.readouterr()
+    index = Ret2Index.open(tmp_path / "short")
+    assert index.truncate_dim == dim and index.info()["config"]["truncate_dim"] == dim and full.truncate_dim is None
+    documents = np.concatenate(index.embeddings().shards)
+    assert documents.shape == (12, dim) and documents.dtype == np.float16
+    np.testing.assert_array_equal(documents, truncate_array(np.concatenate(full.embeddings().shards), dim))
+    queries = ["red circle", pattern(3), photos / "img05.png"]
+    vectors = index.encode_queries(queries)
+    expected = index.model.encode(queries, kind="query", processor=index.processor, truncate_dim=dim)
+    np.testing.assert_array_equal(vectors, expected.astype(np.float16))
+    scores, rows = search(vectors, [documents], 4)
+    hits = index.search(queries, k=4)
+    assert [[h.id for h in q] for q in hits] == [[index.record(int(r))["id"] for r in row] for row in rows]
+    np.testing.assert_allclose([[h.score for h in q] for q in hits], scores, rtol=1e-6)
+    assert index.search(photos / "img08.png", k=1)[0].id == "img08.png"
+    index.add([{"id": "extra", "text": "green star", "image": None}])
+    reopened = Ret2Index.open(tmp_path / "short")
+    assert len(reopened) == 13 and np.concatenate(reopened.embeddings().shards).shape == (13, dim)
+    assert reopened.search("green star", k=1)[0].id == "extra"  # the same text-only input as the query
+    with pytest.raises(ValueError, match=r"truncate_dim=0 is not valid"):
+        Ret2Index.build(tmp_path / "bad", photos, model=model_dir, truncate_dim=0)
+    assert not (tmp_path / "bad").exists()  # refused before the folder is made

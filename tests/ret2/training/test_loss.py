@@ -1,5 +1,5 @@
 """Tests for training/loss.py: analytic loss values, duplicate-document masking, logit-scale clamping,
-late-interaction scores, in-batch recall@1, and (slow) 2-process DDP gradients against one process."""
+late-interaction scores, in-batch recall@1, the Matryoshka sum over prefixes, and (slow) 2-process DDP gradients against one process."""
 
 import math
 import os
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import REPO
 
 from modeling_ret2 import similarity
-from ret2.training.loss import ContrastiveLoss, gather_with_grad, in_batch_recall_at_1
+from ret2.training.loss import ContrastiveLoss, MatryoshkaLoss, gather_with_grad, in_batch_recall_at_1
 
 
 def _unit(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -122,6 +122,44 @@ def test_gather_is_identity_without_process_group():
 def test_invalid_options_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ContrastiveLoss(**kwargs)
+
+
+def test_matryoshka_loss_sums_the_loss_of_renormalised_prefixes():
+    """q1 = (1, 0, 0, 0), q2 = (0.6, 0, 0.8, 0), documents = queries, scale 10. At 4 dims the scores are [[1, .6],
+    [.6, 1]]: every row's cross-entropy is log(1 + e^(-0.4 * 10)). Their 2-dim prefixes, re-normalised, are both
+    (1, 0): all scores equal, cross-entropy log 2. The loss is the weighted sum of the two."""
+    q = torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.6, 0.0, 0.8, 0.0]])
+    scale = torch.tensor(math.log(10.0))
+    full, prefix = math.log(1 + math.exp(-4.0)), math.log(2)
+    torch.testing.assert_close(MatryoshkaLoss(ContrastiveLoss(), [4, 2])(q, q, scale), torch.tensor(full + prefix))
+    weighted = MatryoshkaLoss(ContrastiveLoss(), [4, 2], weights=[1.0, 0.5])(q, q, scale)
+    torch.testing.assert_close(weighted, torch.tensor(full + 0.5 * prefix))
+    torch.testing.assert_close(MatryoshkaLoss(ContrastiveLoss(), [4])(q, q, scale), ContrastiveLoss()(q, q, scale))
+
+
+def test_matryoshka_loss_truncates_hard_negatives_and_passes_ids():
+    q, d, negs, scale = _unit(3, 8, seed=1), _unit(3, 8, seed=2), _unit(6, 8, seed=3), torch.tensor(math.log(10.0))
+    ids, neg_ids = torch.tensor([5, 5, 7]), torch.tensor([1, 2, 3, 7, 8, 9])
+    inner = ContrastiveLoss()
+    expected = sum(
+        inner(F.normalize(q[:, :dim], dim=-1), F.normalize(d[:, :dim], dim=-1), scale, doc_ids=ids,
+              neg_doc_embeds=F.normalize(negs[:, :dim], dim=-1), neg_doc_ids=neg_ids)
+        for dim in (8, 3)
+    )  # fmt: skip
+    got = MatryoshkaLoss(inner, [8, 3])(q, d, scale, doc_ids=ids, neg_doc_embeds=negs, neg_doc_ids=neg_ids)
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"dims": []}, "non-empty list"), ({"dims": [8, 0]}, "positive integers"), ({"dims": [8, 4.0]}, "positive"),
+     ({"dims": [8, 4], "weights": [1.0]}, "one weight per size")],
+)  # fmt: skip
+def test_matryoshka_loss_refuses_bad_sizes(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MatryoshkaLoss(ContrastiveLoss(), **kwargs)
+    with pytest.raises(ValueError, match="exceed the embeddings' size 8"):
+        MatryoshkaLoss(ContrastiveLoss(), [16, 8])(_unit(2, 8), _unit(2, 8), torch.tensor(0.0))
 
 
 def test_invalid_inputs_raise():

@@ -229,3 +229,31 @@ def test_two_processes_match_one(root, cache, tmp_path):
     metrics = [json.loads((tmp_path / run / "eval_results.json").read_text()) for run in ("one", "two")]
     for key in ("eval_loss", "eval_recall@1"):
         assert abs(metrics[0][key] - metrics[1][key]) < 1e-5, key
+
+
+def test_matryoshka_dims_flag_sets_the_loss_and_the_saved_config(root, cache, tmp_path):
+    """`--matryoshka_dims 32 8`: the Trainer's loss sums the contrastive loss at the 32- and 8-dim prefixes (its first
+    step's loss is that sum on the first batch), the saved model's config records the sizes, and training that model
+further keeps them."""
+    from ret2.training.loss import MatryoshkaLoss
+
+    out = tmp_path / "run"
+    trainer = main(cli_args(root, cache, out, "--max_steps", "1", "--matryoshka_dims", "32", "8",
+                            "--learning_rate", "0.0"))  # fmt: skip
+    assert isinstance(trainer.loss, MatryoshkaLoss) and trainer.loss.dims == [32, 8]
+    assert AutoModel.from_pretrained(out, trust_remote_code=True).config.matryoshka_dims == [32, 8]
+    batch = next(iter(trainer.get_train_dataloader()))
+    model = trainer.model.eval()
+    with torch.no_grad():
+        outputs = model(**model_inputs(batch))
+        parts = [ContrastiveLoss()(model.truncate_embeddings(outputs.query_embeds, d),
+                                   model.truncate_embeddings(outputs.doc_embeds, d), outputs.logit_scale,
+                                   doc_ids=batch["doc_ids"]) for d in (32, 8)]  # fmt: skip
+        torch.testing.assert_close(trainer.compute_loss(model, batch), sum(parts))
+    # continuing the saved model without the flag keeps its sizes (argparse: the last --model wins)
+    again = main(cli_args(root, cache, tmp_path / "again", "--max_steps", "1", "--model", str(out)))
+    assert isinstance(again.loss, MatryoshkaLoss) and again.loss.dims == [32, 8]
+    with pytest.raises(ValueError, match=r"matryoshka_dims=\[64\] has sizes \[64\] above embedding_dim=32"):
+        main(cli_args(root, cache, tmp_path / "bad", "--max_steps", "1", "--matryoshka_dims", "64"))
+    with pytest.raises(ValueError, match="set it with --matryoshka_dims"):
+        main(cli_args(root, cache, tmp_path / "bad", "--config_overrides", "matryoshka_dims=[8]"))
