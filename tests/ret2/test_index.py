@@ -392,6 +392,10 @@ def test_truncated_index_searches_renormalised_prefixes_and_reopens(model_dir, p
     reopened = Ret2Index.open(tmp_path / "short")
     assert len(reopened) == 13 and np.concatenate(reopened.embeddings().shards).shape == (13, dim)
     assert reopened.search("green star", k=1)[0].id == "extra"  # the same text-only input as the query
+    codes = reopened._load_quantized("binary")  # quantized codes are made from the truncated vectors
+    assert (codes.d, codes.ntotal) == (dim, 13)
+    binary = reopened.search(queries, k=4, precision="binary")  # 10 x 4 candidates: every document rescored
+    assert [[h.id for h in q] for q in binary] == [[h.id for h in q] for q in reopened.search(queries, k=4)]
     with pytest.raises(ValueError, match=r"truncate_dim=0 is not valid"):
         Ret2Index.build(tmp_path / "bad", photos, model=model_dir, truncate_dim=0)
     assert not (tmp_path / "bad").exists()  # refused before the folder is made
