@@ -1,4 +1,4 @@
-"""Hard negatives mined with a model: `ret2-mine` (`python -m ret2.mining`) and `mine_hard_negatives`.
+"""Hard negatives mined with a model: `ret2-mine` (`python -m ret2.training.mining`) and `mine_hard_negatives`.
 
     ret2-mine --model runs/demo/seed-42/ret2-model --data-root data/synthetic --output data/mined.jsonl \\
         --num-negatives 3 --range-min 2 --margin 0.05

@@ -1,4 +1,4 @@
-"""Hard-negative mining (ret2/mining.py): the filters on hand-made rankings, a mined file in the training format, and
+"""Hard-negative mining (ret2/training/mining.py): the filters on hand-made rankings, a mined file in the training format, and
 an interrupted run resumed into the same negatives."""
 
 import json
@@ -7,7 +7,7 @@ import pytest
 
 from ret2.data.mbeir import TRAIN_POOL, TRAIN_QUERIES
 from ret2.data.synthetic import generate_mbeir
-from ret2.mining import MiningOptions, main, mine_hard_negatives, select_negatives, write_mined
+from ret2.training.mining import MiningOptions, main, mine_hard_negatives, select_negatives, write_mined
 from ret2.training.dataset import mbeir_training_sets
 
 RANKED = [("p", 0.9), ("a", 0.85), ("b", 0.8), ("c", 0.7), ("d", 0.6), ("e", 0.5)]
@@ -58,9 +58,9 @@ def test_mined_file_trains_and_a_resumed_run_mines_the_same(root, tiny_model_dir
     assert {n["id"] for n in train[0]["negatives"]} == set(mined[0]["neg_cand_list"])
 
     # killed while mining the second of four parts, then run again
-    import ret2.mining
+    import ret2.training.mining
 
-    real, calls = ret2.mining._mine_part, []
+    real, calls = ret2.training.mining._mine_part, []
 
     def dies_on_the_second_part(*a, **k):
         calls.append(a[1])
@@ -68,7 +68,7 @@ def test_mined_file_trains_and_a_resumed_run_mines_the_same(root, tiny_model_dir
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(ret2.mining, "_mine_part", dies_on_the_second_part)
+    monkeypatch.setattr(ret2.training.mining, "_mine_part", dies_on_the_second_part)
     resumed = tmp_path / "resumed.jsonl"
     argv = [*args[:4], "--output", str(resumed), *args[6:]]
     with pytest.raises(KeyboardInterrupt):
