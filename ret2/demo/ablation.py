@@ -192,9 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
     stats, groups, chance = aggregate(summaries), group_stats(summaries), mean_chance(summaries)
     seconds = round(time.perf_counter() - start, 1)
     seeds = ", ".join(map(str, args.seeds))
+    run = (f"tabulated from {', '.join(map(str, args.collect))}" if args.collect else
+           f"{seconds:.0f} s with {args.jobs} job(s) (1-min load average at start {load:.1f})")  # fmt: skip
     report = (
-        f"R@k x 100, mean ± sample std over seeds {seeds}; {seconds:.0f} s with {args.jobs} job(s) (1-min load "
-        f"average at start {load:.1f}).\n\n{group_table(groups)}\n\nPer row, local pools:\n\n"
+        f"R@k x 100, mean ± sample std over seeds {seeds}; {run}.\n\n{group_table(groups)}\n\nPer row, local pools:\n\n"
         f"{row_table(stats, chance, ('local',), LABELS)}\n\nPer row, global pools:\n\n"
         f"{row_table(stats, chance, ('global',), LABELS)}\n\nPer seed (average of the 16 rows):\n\n"
         f"{seed_table(summaries, labels=LABELS)}\n"
