@@ -144,6 +144,23 @@ class _ItemImages:
             raise type(err)(f"{item.where()}: {err}") from err
 
 
+def text_limit(processor, max_length: int | None = None) -> int:
+    """The token limit the processor truncates texts to (`Ret2Processor`: `max_length`, else the tokenizer's
+    `model_max_length`, at most 4096)."""
+    return max_length or min(processor.tokenizer.model_max_length, 4096)
+
+
+def count_truncated(processor, texts: Sequence[str | None], max_length: int | None = None) -> int:
+    """How many of `texts` are longer than the processor's token limit (`text_limit`), i.e. lose their end when
+    encoded. Tokenizes them once more, untruncated."""
+    texts = [text for text in texts if text]
+    if not texts:
+        return 0
+    limit = text_limit(processor, max_length)
+    lengths = processor.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    return sum(len(ids) > limit for ids in lengths)
+
+
 def encode_items(
     model: torch.nn.Module,
     processor,
@@ -175,6 +192,10 @@ def encode_items(
             raise ValueError(f"{item.where()}: record {item.id!r} has neither text nor an image")
     if truncate_dim is not None:
         model.config.check_truncate_dim(truncate_dim)
+    truncated = count_truncated(processor, [item.text for item in items])
+    if truncated:
+        logger.warning("%s: %d of %d texts are longer than the tokenizer's limit of %d tokens and were truncated",
+                       desc, truncated, sum(bool(item.text) for item in items), text_limit(processor))  # fmt: skip
     embeddings = encode_samples(
         model.encode_queries if side == "query" else model.encode_documents, processor,
         [(item.text or None, item.image or None) for item in items], device=next(model.parameters()).device,

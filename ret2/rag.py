@@ -42,13 +42,18 @@ def passage_records(files: Sequence[str | Path]) -> list[dict]:
 
 
 def build_knowledge_base(
-    folder: str | Path, passage_files: Sequence[str | Path], model: str | Path, image_root: str | Path, **build: Any
+    folder: str | Path, passage_files: Sequence[str | Path], model: str | Path, image_root: str | Path,
+    chunk_size: int | str | None = "auto", chunk_overlap: int = 16, **build: Any,
 ) -> Ret2Index:
-    """A `Ret2Index` at `folder` of the passages of ReT-M2KR passage files (images relative to `image_root`);
-    `**build`: more `Ret2Index.build` arguments (batch_size, device, ...)."""
+    """A `Ret2Index` at `folder` of the passages of ReT-M2KR passage files (images relative to `image_root`).
+    Passages longer than the tokenizer's limit (77 tokens for CLIP; Wikipedia paragraphs often are) are split into
+    chunks of `chunk_size` tokens ("auto": the limit) overlapping by `chunk_overlap`, and a passage is retrieved by
+    its best chunk, instead of being truncated; `chunk_size=None` truncates. `**build`: more `Ret2Index.build`
+    arguments (batch_size, device, ...)."""
     from ret2.index import Ret2Index
 
-    return Ret2Index.build(folder, passage_records(passage_files), model, image_root=image_root, **build)
+    return Ret2Index.build(folder, passage_records(passage_files), model, image_root=image_root,
+                           chunk_size=chunk_size, chunk_overlap=chunk_overlap, **build)  # fmt: skip
 
 
 def retrieve(index: Ret2Index, question: str | None, image: Any = None, k: int = 5) -> list[Hit]:
@@ -58,13 +63,22 @@ def retrieve(index: Ret2Index, question: str | None, image: Any = None, k: int =
 
 
 def build_prompt(question: str, passages: Sequence[Hit], template: str = PROMPT_TEMPLATE) -> str:
-    """The generator's prompt: the passages, numbered best first (an image passage names its image file), and the
-    question. `template` has `{passages}` and `{question}` fields."""
+    """The generator's prompt: the passages, numbered best first (an image passage names its image file; a chunked
+    one gives its best chunk), and the question. `template` has `{passages}` and `{question}` fields."""
     lines = []
     for rank, hit in enumerate(passages, 1):
         image = f" [image: {hit.image}]" if hit.image else ""
         lines.append(f"Passage {rank} ({hit.id}){image}: {hit.text or ''}".rstrip())
     return template.format(passages="\n".join(lines), question=question)
+
+
+def _chunk_size(text: str) -> int | str | None:
+    """`--chunk-size`: a number of tokens, "auto" or "none"."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"--chunk-size must be a positive integer, auto or none, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -82,6 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", help="the question's image (a path anywhere on disk)")
     parser.add_argument("-k", "--k", type=int, default=5, help="passages in the prompt")
     parser.add_argument("--model", help="the model (default: the one that built the index)")
+    parser.add_argument("--chunk-size", type=_chunk_size, default="auto",
+                        help="with --passages: split passages longer than this many tokens into chunks, each passage "
+                             "retrieved by its best chunk; auto: the tokenizer's limit; none: truncate them")  # fmt: skip
+    parser.add_argument("--chunk-overlap", type=int, default=16, help="with --passages: tokens shared by "
+                        "consecutive chunks")  # fmt: skip
     args = parser.parse_args(argv)
     if args.image_root and not args.passages:
         parser.error("--image-root is for --passages (the knowledge base's own image root is stored in it)")
@@ -89,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.model is None:
             parser.error("--passages builds a new knowledge base: give the model that encodes it with --model")
         image_root = args.image_root or Path(args.passages[0]).parent
-        index = build_knowledge_base(args.index, args.passages, args.model, image_root)
+        index = build_knowledge_base(args.index, args.passages, args.model, image_root, args.chunk_size,
+                                     args.chunk_overlap)  # fmt: skip
     else:
         from ret2.index import Ret2Index
 

@@ -16,7 +16,8 @@ Both are normalised to the same records (every path is overridable):
 
 * query: ``{"qid": str, "text": str, "img_path": str | None, "pos_ids": list[str], "answers": list | None}``
   where text = instruction, plus " " + question when the question is not null (ReT's rule; PreFLMR's
-  own script instead appends ":" to the instruction);
+  own script instead appends ":" to the instruction); a ReT-M2KR query also gets ``"neg_ids": list[str]``, from
+  its optional `neg_passage_id` list (hard negatives, e.g. written by `ret2-mine`);
 * passage: ``{"pid": str, "text": str, "img_path": str | None}`` (null text becomes "", as in ReT).
 
 Ids are compared as strings; a scalar positive id counts as a one-element list.
@@ -116,8 +117,9 @@ def read_ret_m2kr_queries(path: str | Path) -> list[dict]:
     for line_no, r in _read_json_lines(path, ("data_id", "instruction", "question", "image_path", "passage_id")):
         if r["passage_id"] is None or r["passage_id"] == []:
             raise ValueError(f"{path}:{line_no}: query {r['data_id']!r} has no passage_id")
-        out.append(_query(r["data_id"], r["instruction"], r["question"], r["image_path"], r["passage_id"],
-                          r.get("answer")))
+        query = _query(r["data_id"], r["instruction"], r["question"], r["image_path"], r["passage_id"], r.get("answer"))
+        query["neg_ids"] = [str(p) for p in r.get("neg_passage_id") or []]  # optional: hard negatives (ret2-mine)
+        out.append(query)
     return out
 
 

@@ -5,6 +5,7 @@ baseline; every model on the same data, towers init seed, budget and recipe as `
 
     python -m ret2.demo.ablation                    # seeds 42 1 2, two at a time on 2 cores
     python -m ret2.demo.ablation --seeds 42 --num-train-epochs 1
+    python -m ret2.demo.ablation --study negatives  # given vs mined (filtered, unfiltered) vs no hard negatives
 
 Prints (and writes to OUTPUT_DIR/ablation.md) the mean +- sample standard deviation over the seeds of the average of
 all 16 rows, of the composed rows (FashionIQ, CIRR, OVEN / InfoSeek (i,t)->(i,t)) and of the other 12, on the local
@@ -27,13 +28,23 @@ from ret2.cli import ArgumentParser, run_cli  # noqa: E402
 from ret2.data.mbeir import EVAL_ROWS  # noqa: E402
 from ret2.tiny import tiny_config, tiny_processor  # noqa: E402
 
+from ret2.training.mining import MiningOptions  # noqa: E402
+
 from .seeds import (  # noqa: E402
-    BASELINE, add_run_arguments, aggregate, cell, check_run_args, mean_chance, row_table, run_seeds, seed_table,
+    BASELINE, NegativesVariant, add_run_arguments, aggregate, cell, check_run_args, mean_chance, row_table, run_seeds, seed_table,
     start_run,
 )  # fmt: skip
 
 LABELS = {"ret2": "ReT-2", "one_tap": "one tap", "no_gates": "no gates", "no_recurrence": "no recurrence",
-          BASELINE: "score fusion"}  # fmt: skip
+          BASELINE: "score fusion", "mined_filtered": "mined, filtered", "mined_unfiltered": "mined, unfiltered",
+          "no_negatives": "no hard negatives"}  # fmt: skip
+STUDIES = ("parts", "negatives")
+# The negatives study's mining (by the seed's ReT-2 trained on the given negatives): the filtered row keeps candidates
+# scoring at least 0.05 below the query's lowest positive, of a positive's modality, down to rank 500 (with the default
+# depth of 50 the margin left half of seed 42's 2,560 queries without any negative: their top 50 all score within 0.05
+# of the positive; at 500, 65); the unfiltered row takes the top of the ranking as it is.
+FILTERED = MiningOptions(num_negatives=3, range_max=500, margin=0.05, same_modality=True)
+UNFILTERED = MiningOptions(num_negatives=3)
 COMPOSED = tuple(row.query_stem for row in EVAL_ROWS if row.task_id in (7, 8))  # (i,t)->i and (i,t)->(i,t)
 GROUPS = {"all 16 rows": tuple(row.query_stem for row in EVAL_ROWS), "composed (4)": COMPOSED,
           "other (12)": tuple(row.query_stem for row in EVAL_ROWS if row.query_stem not in COMPOSED)}  # fmt: skip
@@ -52,6 +63,34 @@ def variants(model: str) -> dict[str, str]:
         "ret2": "", "one_tap": f"text_layer_ids=[{text_depth - 1}],vision_layer_ids=[{vision_depth - 1}]",
         "no_gates": "gated=false", "no_recurrence": "recurrent=false",
     }  # fmt: skip
+
+
+def negatives_variants() -> dict[str, str | NegativesVariant]:
+    """The negatives study: ReT-2 as configured on the data's given hard negatives (`neg_cand_list` topped up with
+    random candidates, the demo's default), on negatives it mined filtered and unfiltered, and on none."""
+    return {"ret2": "", "mined_filtered": NegativesVariant(FILTERED), "mined_unfiltered": NegativesVariant(UNFILTERED),
+            "no_negatives": NegativesVariant(None)}  # fmt: skip
+
+
+def collect(folders: list[Path], seeds: list[int]) -> list[dict]:
+    """Per seed, the results of every run folder (`FOLDER/seed-N/results.json`, as `run_seed` writes them) merged
+    into one summary: models in folder order, the seconds summed. A model found twice for a seed is refused."""
+    summaries = []
+    for seed in seeds:
+        merged = {"seed": seed, "results": {}, "chance_local": None, "seconds": 0.0}
+        for folder in folders:
+            path = folder / f"seed-{seed}" / "results.json"
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist: run seed {seed} into {folder} first")
+            summary = json.loads(path.read_text())
+            twice = sorted(set(summary["results"]) & set(merged["results"]))
+            if twice:
+                raise ValueError(f"{path}: model(s) {twice} already come from an earlier folder")
+            merged["results"].update(summary["results"])
+            merged["chance_local"] = merged["chance_local"] or summary["chance_local"]
+            merged["seconds"] += summary["seconds"]
+        summaries.append(merged)
+    return summaries
 
 
 def _primary(run: dict, stem: str) -> float:
@@ -119,6 +158,15 @@ def draw(stats: dict, groups: dict, path: Path, seeds: list[int]) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__)
     parser.add_argument("--output-dir", type=Path, default=Path("runs/ablation"), help="where data, models, results go")
+    parser.add_argument("--study", choices=list(STUDIES), default="parts",
+                        help="parts: taps, gates, recurrence and score fusion; negatives: given vs mined (filtered, "
+                             "unfiltered) vs no hard negatives")  # fmt: skip
+    parser.add_argument("--variants", nargs="+", metavar="NAME",
+                        help="train and evaluate only these models of the negatives study (default: all; the mined "
+                             "ones need OUTPUT_DIR/seed-N/ret2-model, trained or linked there)")  # fmt: skip
+    parser.add_argument("--collect", nargs="+", type=Path, metavar="DIR",
+                        help="train nothing: tabulate the seeds' results.json of earlier runs' output folders (one "
+                             "model set per folder, e.g. the demo's and --variants runs), merged per seed")  # fmt: skip
     add_run_arguments(parser)
     return check_run_args(parser, parser.parse_args(argv))
 
@@ -126,22 +174,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out, start, load = start_run(args)
-    models = variants(args.model)
-    print(f"seeds {args.seeds}, {args.jobs} at a time; models: {', '.join(LABELS[n] for n in [*models, BASELINE])}")
-    summaries = run_seeds(args, out, models, baseline=True)
+    baseline = args.study == "parts"
+    models = variants(args.model) if baseline else negatives_variants()
+    if args.variants:
+        unknown = sorted(set(args.variants) - set(models))
+        if baseline or unknown:
+            raise ValueError(f"--variants {' '.join(unknown or args.variants)}: the negatives study's models are "
+                             f"{list(negatives_variants())}")  # fmt: skip
+        models = {name: variant for name, variant in models.items() if name in args.variants}
+    names = [*models, *([BASELINE] if baseline else [])]
+    if args.collect:
+        summaries = collect(args.collect, args.seeds)
+        models = {name: models.get(name, "") for name in summaries[0]["results"]}
+    else:
+        print(f"seeds {args.seeds}, {args.jobs} at a time; models: {', '.join(LABELS[n] for n in names)}")
+        summaries = run_seeds(args, out, models, baseline=baseline)
     stats, groups, chance = aggregate(summaries), group_stats(summaries), mean_chance(summaries)
     seconds = round(time.perf_counter() - start, 1)
     seeds = ", ".join(map(str, args.seeds))
+    run = (f"tabulated from {', '.join(map(str, args.collect))}" if args.collect else
+           f"{seconds:.0f} s with {args.jobs} job(s) (1-min load average at start {load:.1f})")  # fmt: skip
     report = (
-        f"R@k x 100, mean ± sample std over seeds {seeds}; {seconds:.0f} s with {args.jobs} job(s) (1-min load "
-        f"average at start {load:.1f}).\n\n{group_table(groups)}\n\nPer row, local pools:\n\n"
+        f"R@k x 100, mean ± sample std over seeds {seeds}; {run}.\n\n{group_table(groups)}\n\nPer row, local pools:\n\n"
         f"{row_table(stats, chance, ('local',), LABELS)}\n\nPer row, global pools:\n\n"
         f"{row_table(stats, chance, ('global',), LABELS)}\n\nPer seed (average of the 16 rows):\n\n"
         f"{seed_table(summaries, labels=LABELS)}\n"
     )  # fmt: skip
     (out / "ablation.md").write_text(report)
     summary = {"seeds": summaries, "aggregate": stats, "groups": groups, "chance_local": chance, "seconds": seconds,
-               "jobs": args.jobs, "load_average_1min_at_start": load, "variants": models}  # fmt: skip
+               "jobs": args.jobs, "load_average_1min_at_start": load, "study": args.study,
+               "variants": {name: str(variant) for name, variant in models.items()}}  # fmt: skip
     (out / "ablation.json").write_text(json.dumps(summary, indent=2))
     draw(stats, groups, out / "ablation.png", args.seeds)
     print(report + f"\npicture: {out / 'ablation.png'}")

@@ -3,6 +3,8 @@
 processes (`run_seeds`), and their mean and spread per row (`aggregate`, `row_table`).
 """
 
+from __future__ import annotations
+
 import argparse
 import contextlib
 import json
@@ -14,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -22,11 +25,12 @@ from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser
-from ret2.data.mbeir import EVAL_ROWS
+from ret2.data.mbeir import EVAL_ROWS, TRAIN_QUERIES
 from ret2.data.synthetic import generate_mbeir
 from ret2.distributed import available_cores
 from ret2.eval.encoder import EncodeOptions
 from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
+from ret2.training.mining import MiningOptions
 from ret2.training.collator import ContrastiveCollator
 from ret2.training.train import DataArguments, ModelArguments, build_datasets, train
 
@@ -105,6 +109,36 @@ def data_arguments(args: argparse.Namespace, data_root: Path) -> DataArguments:
     return DataArguments(data_root=str(data_root), num_hard_negatives=args.num_hard_negatives)
 
 
+@dataclass(frozen=True)
+class NegativesVariant:
+    """ReT-2 as configured, trained on other hard negatives than the data's `neg_cand_list`: none (`mining` None: in-
+    batch negatives only), or `args.num_hard_negatives` mined with `mining` (`ret2.training.mining`) by the seed's model
+    `miner` (`out/<miner>-model`; the study's is ReT-2 trained on the data's own negatives)."""
+
+    mining: MiningOptions | None = None
+    miner: str = "ret2"
+
+
+def negatives_data(
+    args: argparse.Namespace, data_root: Path, out: Path, name: str, variant: NegativesVariant, miner: Path,
+    progress: Progress,
+) -> DataArguments:
+    """The data arguments of a `NegativesVariant`: for mined negatives, the training queries rewritten by
+    `ret2.training.mining` with the negatives the model in `miner` finds (`out/<name>-train.jsonl`)."""
+    if variant.mining is None:
+        return DataArguments(data_root=str(data_root), num_hard_negatives=0)
+    from ret2.training.mining import mine_hard_negatives, write_mined
+
+    progress(f"mining the negatives of {name} with {miner.name}")
+    dataset, _ = build_datasets(DataArguments(data_root=str(data_root)), seed=0)
+    mined = mine_hard_negatives(dataset, miner, data_root, out / f"{name}-mining", variant.mining,
+                                batch_size=args.batch_size, cache_dir=out / "mining-cache")  # fmt: skip
+    queries = out / f"{name}-train.jsonl"
+    write_mined(data_root / TRAIN_QUERIES, queries, mined, "mbeir")
+    return DataArguments(data_root=str(data_root), train_queries=str(queries.resolve()),
+                         num_hard_negatives=args.num_hard_negatives)  # fmt: skip
+
+
 def train_baseline(
     args: argparse.Namespace, seed: int, data_root: Path, ret2_dir: Path, output_dir: Path,
     callbacks: list[TrainerCallback] | None = None,
@@ -173,11 +207,12 @@ def one_torch_thread() -> Iterator[None]:
 
 
 def run_seed(
-    args: argparse.Namespace, seed: int, out: Path, variants: dict[str, str], baseline: bool,
+    args: argparse.Namespace, seed: int, out: Path, variants: dict[str, str | NegativesVariant], baseline: bool,
     progress: Progress | None = None,
 ) -> dict:
     """One seed, independent of any other: generate its data (unless `args.data_root`), train each ReT-2 variant
-    (name -> `ModelArguments.config_overrides`; the first is the one the baseline copies its towers config from)
+    (name -> `ModelArguments.config_overrides`, or a `NegativesVariant`; the first is the one the baseline copies its
+    towers config from)
     and, with `baseline`, the score-fusion model, then evaluate every model on the local and global pools. Each stage
     and each quarter of a training is reported through `progress` (default: on stdout).
 
@@ -198,10 +233,17 @@ def run_seed(
         options = EncodeOptions(batch_size=args.batch_size)
         results = {}
         for name, overrides in variants.items():
+            data = data_arguments(args, data_root)
+            if isinstance(overrides, NegativesVariant):
+                miner = out / f"{overrides.miner}-model"
+                if overrides.mining is not None and not (miner / "config.json").is_file():
+                    raise FileNotFoundError(f"{miner} holds no model to mine {name}'s negatives with: train "
+                                            f"{overrides.miner} into it first (or link a trained one there)")
+                data, overrides = negatives_data(args, data_root, out, name, overrides, miner, progress), ""
             progress(f"fine-tuning {name}")
             model_args = model_arguments(args, overrides)
             training_args = TrainingArguments(**training_kwargs(args, seed, out / f"{name}-model"))
-            train(model_args, data_arguments(args, data_root), training_args, callbacks=[StepProgress(progress, name)])
+            train(model_args, data, training_args, callbacks=[StepProgress(progress, name)])
         if baseline:
             progress(f"fine-tuning {BASELINE} (the baseline: same towers, data and budget)")
             train_baseline(args, seed, data_root, out / f"{next(iter(variants))}-model", out / f"{BASELINE}-model",
@@ -237,7 +279,7 @@ def _run_seed_in_child(job: tuple) -> dict:
         return run_seed(args, seed, out, variants, baseline, Progress(seed, terminal))
 
 
-def run_seeds(args: argparse.Namespace, out: Path, variants: dict[str, str], baseline: bool) -> list[dict]:
+def run_seeds(args: argparse.Namespace, out: Path, variants: dict[str, str | NegativesVariant], baseline: bool) -> list[dict]:
     """`run_seed` for each of `args.seeds` into `out/seed-N`, `args.jobs` at a time (in worker processes when more
     than one: each with one torch thread and its output in `out/seed-N/log.txt`, the Trainer's progress bars off,
     its progress lines on stderr). Results in seed order."""

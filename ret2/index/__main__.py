@@ -53,6 +53,9 @@ def _parser() -> ArgumentParser:
     p.add_argument("--truncate-dim", type=int,
                    help="search with this prefix of every embedding, re-normalised (Matryoshka sizes; default: the "
                         "full embedding). Kept in the index for add and search")  # fmt: skip
+    p.add_argument("--chunk-size", type=int, help="split texts longer than this many tokens into chunks, searched "
+                   "and returned per document with its best chunk (default: no chunks; longer texts are truncated)")
+    p.add_argument("--chunk-overlap", type=int, default=0, help="tokens shared by consecutive chunks")
     fields(p)
 
     p = commands.add_parser("add", help="encode more documents into an existing index")
@@ -114,7 +117,8 @@ def _print_hits(queries: list, hits: list[list[Hit]], as_json: bool) -> None:
             continue
         print(f"query: {query}")
         for rank, h in enumerate(found, 1):
-            print(f"{rank:4d}  {h.score:8.4f}  {h.id}  {h.text or ''}  {h.image or ''}")
+            chunk = "" if h.chunk is None else f" [chunk {h.chunk}]"
+            print(f"{rank:4d}  {h.score:8.4f}  {h.id}{chunk}  {h.text or ''}  {h.image or ''}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,8 +131,10 @@ def main(argv: list[str] | None = None) -> None:
         index = Ret2Index.build(args.folder, args.source, args.model, args.image_root, args.batch_size, args.shard_size,
                                 args.dtype, args.device, args.num_workers, **fields_,
                                 image_orientation=args.image_orientation, precision=args.precision,
-                                truncate_dim=args.truncate_dim)  # fmt: skip
-        print(f"{args.folder}: {len(index)} documents")
+                                truncate_dim=args.truncate_dim, chunk_size=args.chunk_size,
+                                chunk_overlap=args.chunk_overlap)  # fmt: skip
+        chunks = f" ({len(index)} chunks)" if index.chunking else ""
+        print(f"{args.folder}: {index.documents} documents{chunks}")
     elif args.command == "add":
         index = Ret2Index.open(args.folder, args.model, args.device)
         added = index.add(args.source, args.num_workers, image_root=args.image_root, **fields_)

@@ -38,7 +38,8 @@ QUANTIZED_FILE = "quantized.faiss"  # the int8 or binary codes of an index built
 class Hit:
     """One search result: the document's id, its score (cosine, or late-interaction sum), text, image (the path as
     stored, relative to the image root of the documents it was added with), the other fields of its record, and
-    `image_path`, where the image is on disk."""
+    `image_path`, where the image is on disk. In an index built with `chunk_size`, `id` is the document's and `text`
+    its best-scoring chunk, number `chunk` (0-based)."""
 
     id: str
     score: float
@@ -46,6 +47,7 @@ class Hit:
     image: str | None
     metadata: dict = field(default_factory=dict)
     image_path: str | None = None
+    chunk: int | None = None  # in an index of chunked documents: the number of the best chunk, whose text `text` is
 
 
 # ----------------------------------------------------------------------------- parts: records + cached embeddings
@@ -79,6 +81,22 @@ class _Part:
         return [r["id"] for r in self.records(0, len(self))]
 
 
+def split_text(tokenizer, text: str, size: int, overlap: int) -> list[str]:
+    """`text` cut on token boundaries into windows of `size` tokens, each starting `size - overlap` tokens after the
+    previous one (the last may be shorter); a text of at most `size` tokens is one chunk. Each chunk is the exact
+    span of the original text its tokens cover (whitespace and case kept)."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
+    if len(offsets) <= size:
+        return [text]
+    chunks = []
+    for start in range(0, len(offsets), size - overlap):
+        window = offsets[start : start + size]
+        chunks.append(text[window[0][0] : window[-1][1]])
+        if start + size >= len(offsets):
+            break
+    return chunks
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -103,9 +121,10 @@ def index_info(folder: str | Path) -> dict:
     """What the index at `folder` holds (documents, parts, model, settings, approximate index, Milvus collection),
     read from its `index.json` without loading the model."""
     meta = _read_meta(Path(folder))
-    documents = sum(p["count"] for p in meta["parts"] if p["complete"])
-    return {"folder": str(folder), "documents": documents, **{k: meta[k] for k in ("model", "config", "parts",
-            "approximate", "milvus")}}  # fmt: skip
+    documents = sum(p.get("documents", p["count"]) for p in meta["parts"] if p["complete"])
+    rows = sum(p["count"] for p in meta["parts"] if p["complete"])  # chunks, in an index of chunked documents
+    return {"folder": str(folder), "documents": documents, "rows": rows, **{k: meta[k] for k in ("model", "config",
+            "parts", "approximate", "milvus")}}  # fmt: skip
 
 
 def _default_device() -> str:
@@ -145,6 +164,8 @@ class Ret2Index:
         image_orientation: str = "upright",
         precision: str = "fp16",
         truncate_dim: int | None = None,
+        chunk_size: int | str | None = None,
+        chunk_overlap: int = 0,
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -168,6 +189,12 @@ class Ret2Index:
                 (Matryoshka sizes); in [1, the model's embedding_dim], with a warning when the model was not trained
                 for that size. Stored in `index.json`; documents and queries alike are truncated (the cache keeps the
                 full embeddings, truncated as they are loaded). None: the full embedding.
+            chunk_size: split texts longer than this many tokens into chunks on token boundaries (`split_text`),
+                each encoded with the document's image; `search` scores chunks and returns each document once, with
+                its best chunk (`Hit.chunk`). At most the tokenizer's limit less its special tokens; "auto" is that
+                limit. Default: no chunks (texts beyond the tokenizer's limit are truncated, with a count in the
+                log).
+            chunk_overlap: tokens shared by consecutive chunks (< chunk_size).
         """
         folder = Path(folder)
         if dtype not in DTYPES:
@@ -176,6 +203,12 @@ class Ret2Index:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
         check_orientation(image_orientation)
         check_precision(precision)
+        if chunk_size not in (None, "auto") and (
+            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+        ):
+            raise ValueError(f"chunk_size must be a positive integer, 'auto' or None, got {chunk_size!r}")
+        if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
+            raise ValueError(f"chunk_overlap must be an integer >= 0, got {chunk_overlap!r}")
         records, root = read_records(source, image_root, id_field, text_field, image_field)
         meta_path = folder / INDEX_FILE
         if meta_path.exists():
@@ -191,6 +224,7 @@ class Ret2Index:
                 raise ValueError(f"precision {precision!r} needs single-vector embeddings; this model is multi-vector "
                                  "(pooling='none', ReT-1 mode), searched exactly: use precision='fp16'")
             Ret2Config.from_dict(config).check_truncate_dim(truncate_dim)  # so does a bad truncate_dim
+            chunking = None if chunk_size is None else _chunking(str(model), chunk_size, chunk_overlap)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
@@ -199,7 +233,7 @@ class Ret2Index:
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
                            "image_root": str(root), "multi_vector": config.get("pooling") == "none",
                            "image_orientation": image_orientation, "precision": precision,
-                           "truncate_dim": truncate_dim},
+                           "truncate_dim": truncate_dim, "chunking": chunking},
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
@@ -260,7 +294,13 @@ class Ret2Index:
         return shards if self.truncate_dim is None else [truncate_array(s, self.truncate_dim) for s in shards]
 
     def __len__(self) -> int:
+        """The rows searched: documents, or their chunks in an index built with `chunk_size` (see `documents`)."""
         return sum(p["count"] for p in self.meta["parts"] if p["complete"])
+
+    @property
+    def documents(self) -> int:
+        """The documents added (each counted once, however many chunks it has)."""
+        return sum(p.get("documents", p["count"]) for p in self.meta["parts"] if p["complete"])
 
     def info(self) -> dict:
         """What the index holds: documents, parts, model, settings, approximate index and Milvus collection."""
@@ -296,7 +336,29 @@ class Ret2Index:
         records, root = read_records(source, image_root, id_field, text_field, image_field)
         return self._add_records(records, root, num_workers)
 
+    @property
+    def chunking(self) -> dict | None:
+        """{"size", "overlap"} in tokens when documents are split into chunks (`build`'s chunk_size), else None."""
+        return self.meta["config"].get("chunking")
+
+    def _chunk(self, records: list[dict]) -> list[dict]:
+        """Each record as its chunks: records `{id: "<doc id>#<n>", "doc_id", "chunk": n, text, image, metadata}`."""
+        seen = {i.rpartition("#")[0] for i in self.embeddings().ids} if self.meta["parts"] and len(self) else set()
+        for r in records:  # document ids: the chunks' ids derive from them
+            if r["id"] in seen:
+                raise ValueError(f"document id {r['id']!r} is already in the index (or twice in the new documents)")
+            seen.add(r["id"])
+        out = []
+        for r in records:
+            texts = split_text(self.processor.tokenizer, r["text"], **self.chunking) if r["text"] else [None]
+            out += [{**r, "id": f"{r['id']}#{n}", "doc_id": r["id"], "chunk": n, "text": text}
+                    for n, text in enumerate(texts)]  # fmt: skip
+        return out
+
     def _add_records(self, records: list[dict], root: Path, num_workers: int) -> int:
+        documents = len(records)
+        if self.chunking is not None:
+            records = self._chunk(records)
         parts_dir = self.folder / "parts"
         parts_dir.mkdir(exist_ok=True)
         pending = self.meta["parts"][-1] if self.meta["parts"] and not self.meta["parts"][-1]["complete"] else None
@@ -314,8 +376,8 @@ class Ret2Index:
                 self.meta["parts"].pop()
             self._check_new_ids([r["id"] for r in records])
             os.replace(tmp, path)
-            pending = {"name": name, "count": len(records), "sha256": _sha256(path), "image_root": str(root),
-                       "complete": False}  # fmt: skip
+            pending = {"name": name, "count": len(records), "documents": documents, "sha256": _sha256(path),
+                       "image_root": str(root), "complete": False}  # fmt: skip
             self.meta["parts"].append(pending)
             self._save()
         pool = self._pool(pending)
@@ -332,7 +394,7 @@ class Ret2Index:
             self._quantized = {self.precision: build_quantized(self.embeddings().shards, self.precision)}
             self._write_faiss(QUANTIZED_FILE, self._quantized[self.precision])
         self._save()
-        return len(records)
+        return documents
 
     def _check_new_ids(self, ids: list[str]) -> None:
         seen = set(self.embeddings().ids) if self.meta["parts"] and len(self) else set()
@@ -411,9 +473,32 @@ class Ret2Index:
             raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
         batch = isinstance(queries, list)
         vectors = self.encode_queries(queries if batch else [queries])
+        if self.chunking is not None:
+            hits = self._search_documents(vectors, k, engine, backend, ef_search, precision, rescore_multiplier)
+            return hits if batch else hits[0]
         scores, rows = self.search_embeddings(vectors, k, engine, backend, ef_search, precision, rescore_multiplier)
         hits = self.hits(scores, rows)
         return hits if batch else hits[0]
+
+    def _search_documents(self, vectors: np.ndarray, k: int, engine: str, backend: str, ef_search: int | None,
+                          precision: str | None, rescore_multiplier: int) -> list[list[Hit]]:  # fmt: skip
+        """Chunked documents: each query's top-k documents, each once, scored and shown by its best chunk. Searches
+        4k chunks, then deeper (x4 each time) while a query has fewer than k documents and chunks remain."""
+        depth = 4 * k
+        while True:
+            scores, rows = self.search_embeddings(vectors, min(depth, len(self)), engine, backend, ef_search, precision,
+                                                  rescore_multiplier)  # fmt: skip
+            hits = []
+            for srow, rrow in zip(scores, rows):
+                best: dict[str, Hit] = {}
+                for s, r in zip(srow, rrow):
+                    if r >= 0 and len(best) < k:
+                        hit = self._hit(int(r), float(s))
+                        best.setdefault(hit.id, hit)  # rows come best first: the first chunk of a document wins
+                hits.append(list(best.values()))
+            if depth >= len(self) or all(len(h) == k for h in hits):
+                return hits
+            depth *= 4
 
     def search_embeddings(
         self,
@@ -455,7 +540,8 @@ class Ret2Index:
 
     def _hit(self, row: int, score: float) -> Hit:
         r, root = self._locate(row)
-        return Hit(r["id"], score, r["text"], r["image"], r["metadata"], r["image"] and str(root / r["image"]))
+        return Hit(r.get("doc_id", r["id"]), score, r["text"], r["image"], r["metadata"],
+                   r["image"] and str(root / r["image"]), r.get("chunk"))  # fmt: skip
 
     # ------------------------------------------------------------------ approximate search (FAISS HNSW)
 
@@ -560,6 +646,23 @@ class Ret2Index:
         self.meta["milvus"] = target
         self._save()
         return target
+
+
+def _chunking(name_or_path: str, size: int | str, overlap: int) -> dict:
+    """{"size", "overlap"} of `build`'s chunks, checked against the model's tokenizer: a chunk and the special tokens
+    its text gets fit the tokenizer's limit ("auto": the largest that fits)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    special = len(tokenizer("", verbose=False)["input_ids"])  # the BOS / EOS every text gets
+    limit = min(tokenizer.model_max_length, 4096) - special  # `text_limit`, less the special tokens
+    size = limit if size == "auto" else size
+    if size > limit:
+        raise ValueError(f"chunk_size {size} is above the tokenizer's limit of {limit} tokens per text (plus "
+                         f"{special} special tokens); give at most {limit}")  # fmt: skip
+    if overlap >= size:
+        raise ValueError(f"chunk_overlap {overlap} must be below the chunk size {size}")
+    return {"size": size, "overlap": overlap}
 
 
 def _model_config(name_or_path: str) -> dict:

@@ -67,8 +67,10 @@ def mbeir_query_builder(instructions: Instructions = DEFAULT_INSTRUCTIONS) -> Qu
 
 
 def m2kr_query(record: Mapping, rng: random.Random | None = None) -> Query:
-    """A query record normalised by `ret2.data.m2kr` (its text already joins instruction and question)."""
-    return Query(record["qid"], record["text"], record["img_path"], list(record["pos_ids"]), [])
+    """A query record normalised by `ret2.data.m2kr` (its text already joins instruction and question; `neg_ids`,
+    optional, its hard negatives)."""
+    return Query(record["qid"], record["text"], record["img_path"], list(record["pos_ids"]),
+                 list(record.get("neg_ids") or []))
 
 
 class CandidatePool:
@@ -126,11 +128,11 @@ def m2kr_pool(path: str | Path) -> CandidatePool:
 
 
 def m2kr_queries(path: str | Path) -> datasets.Dataset:
-    """ReT-M2KR queries as an Arrow table of normalised records (`qid, text, img_path, pos_ids`; answers dropped:
+    """ReT-M2KR queries as an Arrow table of normalised records (`qid, text, img_path, pos_ids, neg_ids`; answers dropped:
     they mix strings and dicts, which Arrow cannot hold in one column, and training does not use them)."""
     import datasets
 
-    records = [{k: r[k] for k in ("qid", "text", "img_path", "pos_ids")} for r in read_ret_m2kr_queries(path)]
+    records = [{k: r[k] for k in ("qid", "text", "img_path", "pos_ids", "neg_ids")} for r in read_ret_m2kr_queries(path)]
     return datasets.Dataset.from_list(records)
 
 
@@ -139,17 +141,31 @@ def _rng(seed: int, epoch: int, qid: str) -> random.Random:
     return random.Random(f"{seed}:{epoch}:{qid}")
 
 
-def make_example(query: Query, pool: CandidatePool, num_hard_negatives: int, rng: random.Random) -> dict:
+def make_example(
+    query: Query, pool: CandidatePool, num_hard_negatives: int, rng: random.Random, num_positives: int = 1
+) -> dict:
     """One positive drawn from the query's positives present in the pool, and `num_hard_negatives` negatives: drawn
     from its hard negatives, topped up with random pool candidates when it has too few. Negatives are never one of
-    the query's positives."""
+    the query's positives.
+
+    With `num_positives` > 1 the example also holds `positives`, `num_positives - 1` more of its positives (drawn
+    without replacement; a query with fewer repeats its drawn ones, which the loss counts once), and `positive_ids`,
+    all its positives in the pool (the multi-positive loss, `ContrastiveLoss(positive_ids=...)`)."""
     positives = [did for did in query.positive_ids if did in pool]
     if not positives:
         raise ValueError(f"query {query.qid!r}: none of its positives {query.positive_ids} is in the candidate pool")
+    if num_positives == 1:  # the draw of single-positive training, unchanged
+        drawn = [rng.choice(positives)]
+    else:
+        drawn = rng.sample(positives, min(num_positives, len(positives)))
+        drawn += [drawn[n % len(drawn)] for n in range(num_positives - len(drawn))]
     example = {
         "query": {"id": query.qid, "text": query.text, "img_path": query.img_path},
-        "doc": pool[rng.choice(positives)],
+        "doc": pool[drawn[0]],
     }
+    if num_positives > 1:
+        example["positives"] = [pool[did] for did in drawn[1:]]
+        example["positive_ids"] = positives
     if num_hard_negatives:
         excluded = set(query.positive_ids)
         if len(pool) < len(excluded) + num_hard_negatives:
@@ -176,11 +192,14 @@ class _ExampleDraws:
         num_hard_negatives: int = 0,
         seed: int = 0,
         deterministic: bool = False,
+        num_positives: int = 1,
     ):
         if not isinstance(num_hard_negatives, int) or num_hard_negatives < 0:
             raise ValueError(f"num_hard_negatives must be an integer >= 0, got {num_hard_negatives!r}")
+        if isinstance(num_positives, bool) or not isinstance(num_positives, int) or num_positives < 1:
+            raise ValueError(f"num_positives must be an integer >= 1, got {num_positives!r}")
         self.pool, self.build_query, self.num_hard_negatives = pool, build_query, num_hard_negatives
-        self.seed, self.deterministic, self.epoch = seed, deterministic, 0
+        self.seed, self.deterministic, self.epoch, self.num_positives = seed, deterministic, 0, num_positives
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the examples of this epoch (see `ContrastiveTrainer`, which calls it)."""
@@ -189,7 +208,7 @@ class _ExampleDraws:
     def example(self, record: Mapping) -> dict:
         rng = _rng(self.seed, 0 if self.deterministic else self.epoch, record["qid"])
         query = self.build_query(record, None if self.deterministic else rng)
-        return make_example(query, self.pool, self.num_hard_negatives, rng)
+        return make_example(query, self.pool, self.num_hard_negatives, rng, self.num_positives)
 
 
 class ContrastiveDataset(_ExampleDraws, torch.utils.data.Dataset):
@@ -203,6 +222,7 @@ class ContrastiveDataset(_ExampleDraws, torch.utils.data.Dataset):
         seed: base seed of every draw.
         deterministic: evaluation: the same draws at every epoch, and the M-BEIR instruction is prompt_1.
         extra_texts: texts of this data beyond queries and candidates (the instruction prompts); see `texts`.
+        num_positives: positives per example (> 1: the multi-positive loss, see `make_example`).
 
     The epoch reaches dataloader workers when they start, at every epoch: not with `persistent_workers`.
     """
@@ -216,8 +236,9 @@ class ContrastiveDataset(_ExampleDraws, torch.utils.data.Dataset):
         seed: int = 0,
         deterministic: bool = False,
         extra_texts: Sequence[str] = (),
+        num_positives: int = 1,
     ):
-        super().__init__(pool, build_query, num_hard_negatives, seed, deterministic)
+        super().__init__(pool, build_query, num_hard_negatives, seed, deterministic, num_positives)
         self.queries, self.extra_texts = queries, list(extra_texts)
 
     def __len__(self) -> int:
@@ -251,8 +272,9 @@ class StreamingContrastiveDataset(_ExampleDraws, torch.utils.data.IterableDatase
         num_hard_negatives: int = 0,
         seed: int = 0,
         shuffle_buffer: int = 0,
+        num_positives: int = 1,
     ):
-        super().__init__(pool, build_query, num_hard_negatives, seed)
+        super().__init__(pool, build_query, num_hard_negatives, seed, num_positives=num_positives)
         self.queries, self.shuffle_buffer = queries, shuffle_buffer
 
     def __iter__(self) -> Iterator[dict]:
@@ -284,6 +306,7 @@ def training_datasets(
     seed: int = 0,
     shuffle_buffer: int = 0,
     extra_texts: Iterable[str] = (),
+    num_positives: int = 1,
 ) -> tuple[ContrastiveDataset | StreamingContrastiveDataset, ContrastiveDataset | None]:
     """(train, eval) datasets: eval from `eval_queries`, or the held-out `eval_fraction` of `queries` (a seeded
     draw), or None. A streamed `queries` needs `eval_queries` for evaluation."""
@@ -297,12 +320,15 @@ def training_datasets(
             raise ValueError("eval_fraction needs the whole query file; with streaming give eval_queries instead")
         queries, eval_queries = _split(queries, eval_fraction, seed)
     if streaming:
-        train = StreamingContrastiveDataset(queries, pool, build_query, num_hard_negatives, seed, shuffle_buffer)
+        train = StreamingContrastiveDataset(queries, pool, build_query, num_hard_negatives, seed, shuffle_buffer,
+                                            num_positives)  # fmt: skip
     else:
-        train = ContrastiveDataset(queries, pool, build_query, num_hard_negatives, seed, extra_texts=list(extra_texts))
+        train = ContrastiveDataset(queries, pool, build_query, num_hard_negatives, seed, extra_texts=list(extra_texts),
+                                   num_positives=num_positives)  # fmt: skip
     evaluation = None
     if eval_queries is not None:
-        evaluation = ContrastiveDataset(eval_queries, pool, build_query, num_hard_negatives, seed, deterministic=True)
+        evaluation = ContrastiveDataset(eval_queries, pool, build_query, num_hard_negatives, seed, deterministic=True,
+                                        num_positives=num_positives)  # fmt: skip
     return train, evaluation
 
 
@@ -316,7 +342,7 @@ def mbeir_training_sets(
     **kwargs,
 ) -> tuple[ContrastiveDataset | StreamingContrastiveDataset, ContrastiveDataset | None]:
     """(train, eval) datasets from M-BEIR query files (`pos_cand_list`, `neg_cand_list`) and their candidate pool;
-    `kwargs` go to `training_datasets` (eval_fraction, num_hard_negatives, seed, shuffle_buffer)."""
+    `kwargs` go to `training_datasets` (eval_fraction, num_hard_negatives, seed, shuffle_buffer, num_positives)."""
     return training_datasets(
         read_queries(queries, streaming=streaming, cache_dir=cache_dir),
         mbeir_pool(pool, cache_dir),

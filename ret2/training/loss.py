@@ -61,6 +61,23 @@ def _copies_of_positive(doc_ids: torch.Tensor, all_doc_ids: torch.Tensor, labels
     return copies
 
 
+def _multi_positive_loss(
+    logits: torch.Tensor, labels: torch.Tensor, column_ids: torch.Tensor, positive_ids: torch.Tensor
+) -> torch.Tensor:
+    """Mean over rows of ``-log(sum over positive columns of softmax(logits_i))``. logits (B, N) (masked columns at
+    -inf), labels (B,) each row's own positive column, column_ids (N,), positive_ids (B, P). A positive column whose id
+    an earlier column already holds is dropped, so a document counts once."""
+    rows = torch.arange(len(labels), device=labels.device)
+    earlier_copy = (column_ids[None, :] == column_ids[:, None]).tril(-1).any(dim=1)  # (N,) an earlier column has its id
+    positive = (column_ids[None, :, None] == positive_ids[:, None, :]).any(dim=2)  # (B, N)
+    positive[rows, labels] = True
+    copies = positive & earlier_copy[None, :]
+    copies[rows, labels] = False  # the own column stays (its earlier copies, if any, are masked by the caller)
+    logits = logits.masked_fill(copies, -math.inf)
+    positive &= ~copies
+    return (logits.logsumexp(dim=1) - logits.masked_fill(~positive, -math.inf).logsumexp(dim=1)).mean()
+
+
 class ContrastiveLoss(nn.Module):
     """Symmetric InfoNCE over in-batch negatives, gathered across ranks, plus optional hard negatives.
 
@@ -102,6 +119,7 @@ class ContrastiveLoss(nn.Module):
         doc_ids: torch.Tensor | None = None,
         neg_doc_embeds: torch.Tensor | None = None,
         neg_doc_ids: torch.Tensor | None = None,
+        positive_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Scalar loss for this rank's rows.
 
@@ -116,6 +134,12 @@ class ContrastiveLoss(nn.Module):
                 query -> doc direction only (gathered across ranks like the documents).
             neg_doc_ids: (B * n_neg,) ids of the hard negatives; needs ``doc_ids``. A hard negative
                 with the id of a query's positive is removed from that query's softmax.
+            positive_ids: (B, P) ids of every positive of each query (pad a row by repeating an id); needs
+                ``doc_ids``. Multi-positive InfoNCE in the query -> doc direction: every column (in-batch document or
+                hard negative) holding one of query i's positives counts as a positive, each document once (later
+                copies of an id are removed), and row i's loss is ``-log(sum_p exp(s_ip) / sum_j exp(s_ij))``, the
+                probability of picking any of its positives. The doc -> query direction is unchanged. Without it
+                (the default) only ``doc_embeds[i]`` is query i's positive.
         """
         batch_size = query_embeds.shape[0]
         if doc_embeds.shape[0] != batch_size:
@@ -124,6 +148,11 @@ class ContrastiveLoss(nn.Module):
             )
         if doc_ids is not None and doc_ids.shape != (batch_size,):
             raise ValueError(f"doc_ids must have shape ({batch_size},), got {tuple(doc_ids.shape)}")
+        if positive_ids is not None:
+            if doc_ids is None or (neg_doc_embeds is not None and neg_doc_ids is None):
+                raise ValueError("positive_ids needs doc_ids (and neg_doc_ids with hard negatives)")
+            if positive_ids.dim() != 2 or positive_ids.shape[0] != batch_size:
+                raise ValueError(f"positive_ids must have shape ({batch_size}, P), got {tuple(positive_ids.shape)}")
         if neg_doc_ids is not None:
             if doc_ids is None or neg_doc_embeds is None:
                 raise ValueError("neg_doc_ids needs doc_ids and neg_doc_embeds as well")
@@ -151,7 +180,13 @@ class ContrastiveLoss(nn.Module):
                 neg_is_positive = doc_ids[:, None] == gather_with_grad(neg_doc_ids)[None, :]  # (B, W*B*n_neg)
                 neg_logits = neg_logits.masked_fill(neg_is_positive, -math.inf)
             logits_per_query = torch.cat([logits_per_query, neg_logits], dim=1)  # (B, W*B*(1 + n_neg))
-        loss = F.cross_entropy(logits_per_query, labels)
+        if positive_ids is None:
+            loss = F.cross_entropy(logits_per_query, labels)
+        else:
+            column_ids = gather_with_grad(doc_ids)  # (N,) the id of every column, N = W*B (+ W*B*n_neg)
+            if neg_doc_embeds is not None:
+                column_ids = torch.cat([column_ids, gather_with_grad(neg_doc_ids)])
+            loss = _multi_positive_loss(logits_per_query, labels, column_ids, positive_ids)
         if not self.symmetric:
             return loss
 

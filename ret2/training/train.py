@@ -159,6 +159,11 @@ class DataArguments:
     eval_queries: str | None = field(default=None, metadata={"help": "Query file to evaluate on (same format)."})
     eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the training queries."})
     num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (from neg_cand_list)."})
+    num_positives: int = field(
+        default=1,
+        metadata={"help": "Positives per query in each step (> 1: multi-positive InfoNCE over them and every in-batch "
+                  "document that is one of the query's positives; docs/fine-tuning.md)."},
+    )  # fmt: skip
     streaming: bool = field(default=False, metadata={"help": "Stream the query file (M-BEIR); needs --max_steps."})
     image_orientation: str = field(
         default="stored",
@@ -182,7 +187,8 @@ def build_datasets(
     if args.format not in FORMATS:
         raise ValueError(f"--format {args.format!r} is not one of {list(FORMATS)}")
     root = Path(args.data_root) if args.data_root else None
-    common = dict(eval_fraction=args.eval_fraction, num_hard_negatives=args.num_hard_negatives, seed=seed)
+    common = dict(eval_fraction=args.eval_fraction, num_hard_negatives=args.num_hard_negatives, seed=seed,
+                  num_positives=args.num_positives)  # fmt: skip
     if args.format == "m2kr":
         queries, passages = _path(root, args.m2kr_queries), _path(root, args.m2kr_passages)
         if queries is None or passages is None:
@@ -286,7 +292,7 @@ def train(
         model=model,
         args=training_args,
         data_collator=ContrastiveCollator(processor, image_root, data_args.num_hard_negatives, model_args.max_length,
-                                          data_args.image_orientation),  # fmt: skip
+                                          data_args.image_orientation, data_args.num_positives),  # fmt: skip
         train_dataset=train_set,
         eval_dataset=eval_set,
         processing_class=processor,

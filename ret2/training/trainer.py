@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections import Counter
 
@@ -18,6 +19,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .collator import model_inputs
 from .loss import ContrastiveLoss, in_batch_recall_at_1
 from .lora import LORA_STATE_NAME, load_trainable_state_dict, merged_state_dict, trainable_state_dict
+
+logger = logging.getLogger(__name__)
 
 TRAINABLE_NAME = "trainable_parameters.json"  # in each checkpoint: {name: shape} of what trained, checked on resume
 
@@ -97,11 +100,14 @@ class ContrastiveTrainer(Trainer):
         if isinstance(self.model, PeftModel) and self.args.load_best_model_at_end:
             raise ValueError("load_best_model_at_end is not supported with LoRA: load the best checkpoint's folder")
         self.loss = loss if loss is not None else ContrastiveLoss()
+        self.truncated_texts = 0  # training texts cut to the token limit since this process started training
         self.add_callback(_SetEpoch(self))
         self.add_callback(_RecordTrainable(self))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         batch_size = len(inputs["doc_ids"])  # the doc_ inputs hold the positives, then the hard negatives
+        if model.training and "truncated_texts" in inputs:
+            self.truncated_texts += int(inputs["truncated_texts"])
         outputs = model(**model_inputs(inputs))
         doc_embeds, negative_embeds = outputs.doc_embeds[:batch_size], outputs.doc_embeds[batch_size:]
         loss = self.loss(
@@ -111,8 +117,16 @@ class ContrastiveTrainer(Trainer):
             doc_ids=inputs["doc_ids"],
             neg_doc_embeds=negative_embeds if "neg_doc_ids" in inputs else None,
             neg_doc_ids=inputs.get("neg_doc_ids"),
+            positive_ids=inputs.get("positive_ids"),
         )
         return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """The Trainer's log, with `truncated_texts` (the running count of training texts cut to the token limit)
+        beside the training loss: a truncation is never silent."""
+        if "loss" in logs:
+            logs["truncated_texts"] = self.truncated_texts
+        super().log(logs, *args, **kwargs)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss, and as predictions each query's global-batch in-batch recall@1 (B,), with the doc ids as labels
@@ -149,7 +163,11 @@ class ContrastiveTrainer(Trainer):
             checkpoint = get_last_checkpoint(self.args.output_dir)
         if isinstance(checkpoint, (str, os.PathLike)):
             self._check_trainable(str(checkpoint))
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        if self.truncated_texts:
+            logger.warning("%d training texts (queries, positives, negatives) were longer than the token limit and "
+                           "were truncated (max_length, docs/fine-tuning.md)", self.truncated_texts)  # fmt: skip
+        return result
 
     def _check_trainable(self, checkpoint: str) -> None:
         """ValueError unless this run trains the parameters (names and shapes) the checkpoint's run trained."""

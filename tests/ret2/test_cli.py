@@ -13,8 +13,9 @@ from conftest import REPO
 
 from ret2.distributed import default_num_workers
 
-COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.index", "ret2.rag", "ret2.data.synthetic",
-            "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.demo.ablation", "ret2.demo.matryoshka", "ret2.bench",
+COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.training.mining", "ret2.index", "ret2.rag",
+            "ret2.data.synthetic", "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.demo.ablation",
+            "ret2.demo.matryoshka", "ret2.bench",
             "ret2.bench.train_tiny", "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw",
             "ret2.bench.search_index", "ret2.bench.sorting", "ret2.serve", "ret2.bench.serve", "ret2.bench.trec_agreement"]  # fmt: skip
 

@@ -399,3 +399,33 @@ def test_truncated_index_searches_renormalised_prefixes_and_reopens(model_dir, p
     with pytest.raises(ValueError, match=r"truncate_dim=0 is not valid"):
         Ret2Index.build(tmp_path / "bad", photos, model=model_dir, truncate_dim=0)
     assert not (tmp_path / "bad").exists()  # refused before the folder is made
+def test_long_document_is_found_by_its_tail_through_chunks(model_dir, tmp_path, caplog):
+    """A text longer than the tokenizer's 64 tokens loses its tail when encoded whole (the log counts it); split into
+    chunks on token boundaries, the document is found by a query that matches only its tail, returned once, with
+    that chunk."""
+    from ret2.index.ret2_index import split_text
+
+    head = " ".join(WORDS[i % 10] for i in range(72))  # 72 tokens of the first ten words
+    tail = "star left star top right bottom small big"  # tokens 72-79: the last chunk of 10 with overlap 2
+    docs = [{"id": "long", "text": f"{head} {tail}"}] + [
+        {"id": f"short{i}", "text": f"{WORDS[i]} {WORDS[i + 3]} {WORDS[13 - i]}"} for i in range(6)]  # fmt: skip
+    with caplog.at_level("WARNING", logger="ret2.encoding"):
+        whole = Ret2Index.build(tmp_path / "whole", docs, model=model_dir)
+    assert "1 of 7 texts are longer than the tokenizer's limit of 64 tokens and were truncated" in caplog.text
+    chunked = Ret2Index.build(tmp_path / "chunked", docs, model=model_dir, chunk_size=10, chunk_overlap=2)
+    assert chunked.documents == 7 and len(chunked) == 10 + 6 and chunked.chunking == {"size": 10, "overlap": 2}
+    hits = chunked.search(tail, k=7)
+    assert [h.id for h in hits][0] == "long" and sorted(h.id for h in hits) == sorted(d["id"] for d in docs)
+    assert hits[0].chunk == 9 and hits[0].text == tail and hits[0].score > 0.999
+    whole_score = next(h.score for h in whole.search(tail, k=7) if h.id == "long")
+    assert whole_score < 0.99  # whole, the document's embedding never saw its tail
+
+    tokenizer = chunked.processor.tokenizer
+    assert split_text(tokenizer, "red green blue yellow circle", 2, 1) == [
+        "red green", "green blue", "blue yellow", "yellow circle"]  # fmt: skip
+    assert split_text(tokenizer, "red green", 2, 0) == ["red green"]
+    with pytest.raises(ValueError, match="chunk_size 70 is above the tokenizer's limit of 62 tokens"):
+        Ret2Index.build(tmp_path / "too-big", docs, model=model_dir, chunk_size=70)
+    with pytest.raises(ValueError, match="document id 'long' is already in the index"):
+        chunked.add(docs[:1])
+    assert chunked.add([{"id": "more", "text": tail}]) == 1 and chunked.documents == 8 and len(chunked) == 17

@@ -62,3 +62,26 @@ def test_ablation_end_to_end_at_reduced_size(tmp_path):
     report = (tmp_path / "ablation.md").read_text()
     assert "| no recurrence |" in report and "composed (4)" in report
     assert (tmp_path / "ablation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_collect_merges_runs_per_seed_and_refuses_a_model_twice(tmp_path):
+    """The negatives study's table from runs done in pieces (the demo's given-negatives model, one --variants run per
+    mined model): each seed's models merged in folder order; a model in two folders is refused."""
+    from ret2.demo.ablation import collect, negatives_variants
+
+    assert list(negatives_variants()) == ["ret2", "mined_filtered", "mined_unfiltered", "no_negatives"]
+    for name, seed, value in (("given", 1, 0.5), ("given", 2, 0.6), ("mined", 1, 0.7), ("mined", 2, 0.8)):
+        run = _fake_run(seed, value, value)
+        if name == "mined":
+            run["results"] = {"mined_filtered": run["results"]["ret2"]}
+        (tmp_path / name / f"seed-{seed}").mkdir(parents=True)
+        (tmp_path / name / f"seed-{seed}" / "results.json").write_text(json.dumps(run))
+    merged = collect([tmp_path / "given", tmp_path / "mined"], [1, 2])
+    assert [list(s["results"]) for s in merged] == [["ret2", "score_fusion", "mined_filtered"]] * 2
+    stats = aggregate(merged)
+    assert stats["mined_filtered"]["local"]["average"]["mean"] == pytest.approx(0.75)
+    assert merged[0]["seconds"] == 2.0
+    with pytest.raises(ValueError, match=r"model\(s\) \['ret2', 'score_fusion'\] already come from an earlier folder"):
+        collect([tmp_path / "given", tmp_path / "given"], [1])
+    with pytest.raises(FileNotFoundError, match="run seed 3 into"):
+        collect([tmp_path / "given"], [3])

@@ -11,7 +11,7 @@ from ret2.data.mbeir import (
 )
 from ret2.data.synthetic import generate_mbeir
 from ret2.training.collator import ContrastiveCollator, stable_id
-from ret2.training.dataset import CandidatePool, m2kr_training_sets, mbeir_training_sets
+from ret2.training.dataset import CandidatePool, Query, make_example, m2kr_training_sets, mbeir_training_sets
 from ret2.tiny import tiny_processor, words_of
 
 
@@ -148,7 +148,7 @@ def test_collator_keys_shapes_and_masks(collator_and_batch):
     sides = {"query_": [e["query"] for e in examples],
              "doc_": [e["doc"] for e in examples] + [neg for e in examples for neg in e["negatives"]]}
     expected = {f"{p}{k}" for p in sides for k in ("input_ids", "attention_mask", "pixel_values", "text_mask",
-                                                   "vision_mask")} | {"doc_ids", "neg_doc_ids"}
+                                                   "vision_mask")} | {"doc_ids", "neg_doc_ids", "truncated_texts"}
     assert set(batch) == expected and "labels" not in batch
     for prefix, items in sides.items():
         assert batch[f"{prefix}text_mask"].tolist() == [int(bool(item["text"])) for item in items]
@@ -184,7 +184,7 @@ def test_collator_without_images_or_negatives(root, collator_and_batch):
     text_only = [e for e in examples if e["query"]["img_path"] is None and e["doc"]["img_path"] is None][:2]
     batch = ContrastiveCollator(collator.processor, root)(text_only)
     assert set(batch) == {f"{p}{k}" for p in ("query_", "doc_") for k in ("input_ids", "attention_mask", "text_mask",
-                                                                           "vision_mask")} | {"doc_ids"}
+                                                                           "vision_mask")} | {"doc_ids", "truncated_texts"}
     with pytest.raises(ValueError, match=r"expected 3 negatives per example \(num_hard_negatives\), got \[2"):
         ContrastiveCollator(collator.processor, root, num_hard_negatives=3)(examples)
 
@@ -196,3 +196,46 @@ def test_image_paths_outside_the_root_are_refused(root, collator_and_batch, path
     example = {**examples[0], "query": {"id": "0:1", "text": "a query", "img_path": path}}
     with pytest.raises(ValueError, match="resolves outside the dataset root"):
         collator([example])
+
+
+def test_several_positives_are_drawn_without_replacement_and_stacked_after_the_negatives(root, cache, collator_and_batch):
+    """num_positives: the example's extra positives (distinct while the query has enough, then repeated) follow the
+    hard negatives in the doc_ rows, their ids in neg_doc_ids; positive_ids lists every positive of each query."""
+    import random
+
+    collator, examples, _ = collator_and_batch
+    train, _ = mbeir(root, cache)
+    pool = train.pool
+    dids = [pool.item(row)["id"] for row in range(4)]
+    query = Query("q", "a query", None, dids[:3], [])
+    example = make_example(query, pool, 1, random.Random(0), num_positives=3)
+    drawn = [example["doc"]["id"]] + [p["id"] for p in example["positives"]]
+    assert sorted(drawn) == sorted(dids[:3]) and example["positive_ids"] == dids[:3]
+    assert example["negatives"][0]["id"] not in dids[:3]
+    single = make_example(Query("r", "a query", None, dids[3:], []), pool, 1, random.Random(0), num_positives=3)
+    assert [p["id"] for p in single["positives"]] == [dids[3], dids[3]]  # repeats: the loss counts them once
+    # the single-positive draw is unchanged by the option's existence
+    assert make_example(query, pool, 1, random.Random(5))["doc"] == make_example(query, pool, 1, random.Random(5), 1)["doc"]
+
+    two = ContrastiveCollator(collator.processor, root, num_hard_negatives=1, num_positives=3)
+    batch = two([example, single])
+    assert batch["doc_input_ids"].shape[0] == 2 + 2 * 1 + 2 * 2
+    assert batch["neg_doc_ids"].tolist() == [stable_id(n["id"]) for e in (example, single) for n in e["negatives"]] + [
+        stable_id(p["id"]) for e in (example, single) for p in e["positives"]]
+    assert batch["positive_ids"].tolist() == [[stable_id(d) for d in dids[:3]], [stable_id(dids[3])] * 3]
+    with pytest.raises(ValueError, match=r"expected 2 extra positives per example \(num_positives\), got \[0"):
+        ContrastiveCollator(collator.processor, root, num_positives=3)(examples[:1])
+
+
+def test_collator_counts_the_texts_cut_to_the_token_limit(root, collator_and_batch):
+    """truncated_texts: how many of the batch's texts (queries, positives, negatives) exceed max_length tokens."""
+    collator, examples, batch = collator_and_batch
+    assert batch["truncated_texts"].item() == 0
+    tokenizer = collator.processor.tokenizer
+    texts = [item["text"] for e in examples for item in [e["query"], e["doc"], *e["negatives"]] if item["text"]]
+    lengths = sorted(len(tokenizer(t)["input_ids"]) for t in texts)
+    limit = lengths[len(lengths) // 2]  # the median length: some texts fit, some do not
+    longer = sum(length > limit for length in lengths)
+    assert 0 < longer < len(texts)
+    short = ContrastiveCollator(collator.processor, root, num_hard_negatives=2, max_length=limit)
+    assert short(examples)["truncated_texts"].item() == longer

@@ -198,3 +198,41 @@ def test_ddp_matches_single_process(tmp_path):
                 assert (r[n_vectors]["grads"][name] - grad).abs().max() <= 1e-5, (n_vectors, name)
     for r in ranks:
         assert "same shape on every rank" in r["ragged_error"]
+
+
+def test_multi_positive_infonce_matches_hand_computed_values():
+    """positive_ids: each query's softmax mass on all its positive columns (in-batch documents and extra columns),
+    each document once. Orthonormal rows, scale 1: query i scores 1 on document i and 0 elsewhere."""
+    q = d = torch.eye(3, 4)  # (B, D)
+    scale, ids = torch.tensor(0.0), torch.tensor([10, 11, 12])
+    logits = q @ d.T  # (3, 3)
+    # query 0's positives: documents 10 and 11 (in the batch); queries 1 and 2: their own only (rows padded by repeats)
+    positive_ids = torch.tensor([[10, 11], [11, 11], [12, 12]])
+    one_way = ContrastiveLoss(symmetric=False)(q, d, scale, doc_ids=ids, positive_ids=positive_ids)
+    row0 = logits[0].logsumexp(0) - logits[0, [0, 1]].logsumexp(0)  # -log((e + 1) / (e + 2))
+    expected = (row0 + _nll(logits[1], 1, [0, 1, 2]) + _nll(logits[2], 2, [0, 1, 2])) / 3
+    torch.testing.assert_close(one_way, expected)
+    torch.testing.assert_close(row0, torch.tensor(math.log((math.e + 2) / (math.e + 1))))
+    # symmetric: the doc -> query direction keeps one positive per document
+    both = ContrastiveLoss()(q, d, scale, doc_ids=ids, positive_ids=positive_ids)
+    torch.testing.assert_close(both, (expected + ContrastiveLoss(symmetric=False)(d, q, scale)) / 2)
+    # only its own positive listed: exactly the single-positive loss
+    own = ContrastiveLoss()(q, d, scale, doc_ids=ids, positive_ids=ids[:, None])
+    torch.testing.assert_close(own, ContrastiveLoss()(q, d, scale, doc_ids=ids))
+
+
+def test_multi_positive_counts_extra_positive_columns_once():
+    """Extra positives travel with the hard negatives (their ids in neg_doc_ids): one of query 0's positives scored
+    as an extra column counts in its numerator; a repeated extra positive (padding) and a copy of the own document
+    are left out of the softmax altogether."""
+    q = d = torch.eye(2, 4)
+    extra = torch.eye(4)[[2, 2, 0, 3]]  # columns: doc 20 (twice), a copy of doc 10, doc 21
+    scale, ids, extra_ids = torch.tensor(0.0), torch.tensor([10, 11]), torch.tensor([20, 20, 10, 21])
+    positive_ids = torch.tensor([[10, 20], [11, 11]])
+    loss = ContrastiveLoss(symmetric=False)(q, d, scale, doc_ids=ids, neg_doc_embeds=extra, neg_doc_ids=extra_ids,
+                                            positive_ids=positive_ids)  # fmt: skip
+    # query 0 (e_0): columns [doc 10, doc 11, doc 20, doc 20 (dropped), doc 10 copy (dropped), doc 21] = [1, 0, 0, 0]
+    row0 = math.log(math.e + 3) - math.log(math.e + 1)
+    # query 1 (e_1): [0, 1, 0, 0, 0, 0]: the repeat and the copy of doc 10 are negatives of query 1, kept
+    row1 = math.log(math.e + 5) - 1.0
+    torch.testing.assert_close(loss, torch.tensor((row0 + row1) / 2))
