@@ -16,8 +16,8 @@ Both are normalised to the same records (every path is overridable):
 
 * query: ``{"qid": str, "text": str, "img_path": str | None, "pos_ids": list[str], "answers": list | None}``
   where text = instruction, plus " " + question when the question is not null (ReT's rule; PreFLMR's
-  own script instead appends ":" to the instruction); a ReT-M2KR query also gets ``"neg_ids": list[str]``, from
-  its optional `neg_passage_id` list (hard negatives, e.g. written by `ret2-mine`);
+  own script instead appends ":" to the instruction); a ReT-M2KR query with a non-empty `neg_passage_id` list
+  (hard negatives, e.g. written by `ret2-mine`) also gets ``"neg_ids": list[str]``;
 * passage: ``{"pid": str, "text": str, "img_path": str | None}`` (null text becomes "", as in ReT).
 
 Ids are compared as strings; a scalar positive id counts as a one-element list.
@@ -118,7 +118,8 @@ def read_ret_m2kr_queries(path: str | Path) -> list[dict]:
         if r["passage_id"] is None or r["passage_id"] == []:
             raise ValueError(f"{path}:{line_no}: query {r['data_id']!r} has no passage_id")
         query = _query(r["data_id"], r["instruction"], r["question"], r["image_path"], r["passage_id"], r.get("answer"))
-        query["neg_ids"] = [str(p) for p in r.get("neg_passage_id") or []]  # optional: hard negatives (ret2-mine)
+        if r.get("neg_passage_id"):  # optional: hard negatives (ret2-mine)
+            query["neg_ids"] = [str(p) for p in r["neg_passage_id"]]
         out.append(query)
     return out
 

@@ -132,7 +132,8 @@ def m2kr_queries(path: str | Path) -> datasets.Dataset:
     they mix strings and dicts, which Arrow cannot hold in one column, and training does not use them)."""
     import datasets
 
-    records = [{k: r[k] for k in ("qid", "text", "img_path", "pos_ids", "neg_ids")} for r in read_ret_m2kr_queries(path)]
+    records = [{"qid": r["qid"], "text": r["text"], "img_path": r["img_path"], "pos_ids": r["pos_ids"],
+                "neg_ids": r.get("neg_ids", [])} for r in read_ret_m2kr_queries(path)]  # fmt: skip
     return datasets.Dataset.from_list(records)
 
 
