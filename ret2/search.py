@@ -73,6 +73,13 @@ def _resolve_backend(backend: str, multi_vector: bool, device: torch.device) -> 
     return "torch" if backend == "auto" else backend
 
 
+def _float_queries(queries: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Query embeddings as a float32 CPU tensor, from a tensor or an array."""
+    if isinstance(queries, torch.Tensor):
+        return queries.detach().cpu().float()
+    return torch.from_numpy(np.asarray(queries, dtype=np.float32))
+
+
 def _chunks(shards: Sequence[np.ndarray], rows: int):
     """(global index of the first row, tensor in the stored dtype) of consecutive chunks of at most `rows` documents:
     fp16 travels to the device as it is and is widened there."""
@@ -188,8 +195,7 @@ def search(
         check_precision(precision, rescore_multiplier)
         return search_quantized(build_quantized(shards, precision), queries, shards, k, rescore_multiplier, device)
     shards = [s for s in shards if len(s)]
-    queries = queries.detach().cpu().float() if isinstance(queries, torch.Tensor) else torch.from_numpy(
-        np.asarray(queries, dtype=np.float32))
+    queries = _float_queries(queries)
     if not shards:
         raise ValueError("no documents to search")
     if queries.dim() not in (2, 3) or queries.dim() != shards[0].ndim or queries.shape[-1] != shards[0].shape[-1]:
@@ -294,8 +300,7 @@ def search_quantized(
     check_precision("fp16", rescore_multiplier)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    queries = torch.as_tensor(queries).detach().cpu().float() if isinstance(queries, torch.Tensor) else torch.from_numpy(
-        np.asarray(queries, dtype=np.float32))
+    queries = _float_queries(queries)
     if queries.dim() != 2 or queries.shape[1] != index.d:
         raise ValueError(f"queries {tuple(queries.shape)} must be (N, {index.d}) single vectors like the index's")
     k = min(k, index.ntotal)
