@@ -78,7 +78,6 @@ class ContrastiveCollator:
         texts = [item["text"] or None for item in items]
         images = [self.images(item["img_path"], item["id"]) if item["img_path"] else None for item in items]
         inputs = self.processor(text=texts, images=images, return_tensors="pt", max_length=self.max_length)
-        self.truncated += count_truncated(self.processor, texts, self.max_length)
         return {f"{prefix}{key}": value for key, value in inputs.items()}
 
     def __call__(self, examples: Sequence[Mapping]) -> dict[str, torch.Tensor]:
@@ -97,9 +96,8 @@ class ContrastiveCollator:
                 raise ValueError(f"expected {self.num_positives - 1} extra positives per example (num_positives), "
                                  f"got {counts}")  # fmt: skip
             negatives += [positive for example in examples for positive in example["positives"]]
-        self.truncated = 0
-        batch = {**self._encode("query_", [example["query"] for example in examples]),
-                 **self._encode("doc_", docs + negatives)}  # fmt: skip
+        queries = [example["query"] for example in examples]
+        batch = {**self._encode("query_", queries), **self._encode("doc_", docs + negatives)}
         batch["doc_ids"] = torch.tensor([stable_id(doc["id"]) for doc in docs], dtype=torch.int64)
         if negatives:
             batch["neg_doc_ids"] = torch.tensor([stable_id(n["id"]) for n in negatives], dtype=torch.int64)
@@ -107,5 +105,6 @@ class ContrastiveCollator:
             ids = [[stable_id(did) for did in example["positive_ids"]] for example in examples]
             width = max(map(len, ids))
             batch["positive_ids"] = torch.tensor([row + row[:1] * (width - len(row)) for row in ids], dtype=torch.int64)
-        batch["truncated_texts"] = torch.tensor(self.truncated)
+        texts = [item["text"] for item in (*queries, *docs, *negatives)]
+        batch["truncated_texts"] = torch.tensor(count_truncated(self.processor, texts, self.max_length))
         return batch
