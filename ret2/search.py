@@ -132,7 +132,7 @@ def _scan_faiss(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int)
     return best[1]
 
 
-def _gather(shards: Sequence[np.ndarray], ids: np.ndarray) -> np.ndarray:
+def gather_rows(shards: Sequence[np.ndarray], ids: np.ndarray) -> np.ndarray:
     """Rows `ids` (global indices) of the concatenated shards: one sorted pass, one slice per shard touched."""
     offsets = np.cumsum([0] + [len(s) for s in shards])
     order = np.argsort(ids, kind="stable")
@@ -157,7 +157,7 @@ def _rescore(
     out_scores, out_ids = np.empty((num_queries, k), np.float32), np.empty((num_queries, k), np.int64)
     for q in range(0, num_queries, block):
         ids = candidates[q : q + block]  # (b, width)
-        docs = _unit(torch.from_numpy(_gather(shards, ids.clamp(min=0).flatten().numpy())).to(device, torch.float64))
+        docs = _unit(torch.from_numpy(gather_rows(shards, ids.clamp(min=0).flatten().numpy())).to(device, torch.float64))
         docs = docs.view(len(ids), width, *docs.shape[1:])  # (b, width, D) or (b, width, Kd, D)
         query = _unit(queries[q : q + block].to(device, torch.float64))
         scores = torch.vmap(similarity)(query.unsqueeze(1), docs).squeeze(1)  # each query against its candidates: (b, width)
@@ -337,7 +337,7 @@ def build_ivfpq(shards: Sequence[np.ndarray], nlist: int = 1024, m: int = 96, tr
         raise ValueError(f"nlist={nlist} cells need at least as many documents; the collection holds {total}")
     rows = np.linspace(0, total - 1, min(train_size, total)).astype(np.int64)
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-    index.train(unit_rows(_gather(shards, rows)))
+    index.train(unit_rows(gather_rows(shards, rows)))
     for rows in _blocks(shards, block):
         index.add(rows)
     return index

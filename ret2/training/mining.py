@@ -39,7 +39,7 @@ from ret2.cache import Pool, cache_folder, encode_pool, load_pool, write_atomic
 from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.encoding import Item, ItemList, encode_items, load_model_and_processor, model_fingerprint
 from ret2.jsonl import read_json_lines
-from ret2.search import search
+from ret2.search import gather_rows, search
 
 if TYPE_CHECKING:
     from ret2.training.dataset import ContrastiveDataset
@@ -201,22 +201,13 @@ def _mine_part(dataset, rows, net, processor, image_root, shards, ids, modalitie
         positives = [did for did in query.positive_ids if did in row_of]
         if not positives:
             raise ValueError(f"query {query.qid!r}: none of its positives {query.positive_ids} is in the candidate pool")
-        docs = torch.from_numpy(np.concatenate([_row(shards, row_of[did]) for did in positives]))
+        docs = torch.from_numpy(gather_rows(shards, np.array([row_of[did] for did in positives])).astype(np.float64))
         positive_score = float((torch.nn.functional.normalize(docs, dim=-1) @ query_vectors[n]).min())  # as `search` scores
         ranked = [(ids[i], float(s)) for i, s in zip(found[n], scores[n])]
         allowed = {modalities[did] for did in positives}
         out[query.qid] = select_negatives(ranked, set(query.positive_ids), positive_score, options, modalities,
                                           allowed)  # fmt: skip
     return out
-
-
-def _row(shards, row: int) -> np.ndarray:
-    """Row `row` of the concatenated shards, as a (1, D) array."""
-    for shard in shards:
-        if row < len(shard):
-            return np.asarray(shard[row : row + 1], dtype=np.float64)
-        row -= len(shard)
-    raise IndexError(row)
 
 
 def write_mined(source: str | Path, output: str | Path, mined: dict[str, list[str]], format: str) -> int:
