@@ -15,7 +15,8 @@ import torch
 from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool
 from ret2.data.images import IMAGE_ORIENTATIONS, check_orientation
 from ret2.distributed import Dist, barrier, default_num_workers, init_distributed
-from ret2.encoding import DTYPES, Item, encode_items, load_model_and_processor, model_fingerprint, truncate_array
+from ret2.encoding import DTYPES, Item, encode_items, truncate_array
+from ret2.model import load_model_and_processor, model_fingerprint
 from ret2.search import BACKENDS, PRECISIONS, RESCORE_MULTIPLIER, check_precision
 
 

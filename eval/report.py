@@ -50,7 +50,7 @@ def write_report(
 ) -> None:
     """`results.json` and `results.md` (`table`) in `output_dir`. `results.json` holds the metrics under their keys;
     under "model", the model they were measured on: `{"name_or_path": ..., "fingerprint": ...}`
-    (`ret2.encoding.model_fingerprint`), which `ret2-publish` checks against the model it publishes, and its
+    (`ret2.model.model_fingerprint`), which `ret2-publish` checks against the model it publishes, and its
     `"truncate_dim"` when the embeddings were truncated (`EncodeOptions.truncate_dim`); under "data", the
     data: `{"root": ..., "generated": bool}` (written by `ret2.data.synthetic`), which decides whether the model card
     names the benchmark."""

@@ -25,6 +25,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".
 # anything serving user images use it.
 IMAGE_ORIENTATIONS = ("stored", "upright")
 
+MAX_TEXT_TOKENS = 4096  # a tokenizer without a real limit reports ~1e30 as its model_max_length
+
 
 def check_orientation(orientation: str) -> str:
     """`orientation` if it is one of `IMAGE_ORIENTATIONS`, else a ValueError naming it and the valid ones."""
@@ -96,6 +98,12 @@ class Ret2Processor(ProcessorMixin):
     def __init__(self, image_processor=None, tokenizer=None, **kwargs):
         super().__init__(image_processor, tokenizer)
 
+    @property
+    def text_limit(self) -> int:
+        """The most tokens of a text this processor encodes, special tokens included: the tokenizer's
+        `model_max_length`, at most `MAX_TEXT_TOKENS`. Longer texts are truncated to it."""
+        return min(self.tokenizer.model_max_length, MAX_TEXT_TOKENS)
+
     def save_pretrained(self, save_directory: "str | os.PathLike", *args, **kwargs):
         """`ProcessorMixin.save_pretrained`, with a tokenizer class every supported transformers loads: 5.x names a
         generic fast tokenizer `TokenizersBackend`, which 4.x does not know; `PreTrainedTokenizerFast` loads in both."""
@@ -143,7 +151,7 @@ class Ret2Processor(ProcessorMixin):
         if empty:
             raise ValueError(f"Samples {empty} have neither text nor an image.")
 
-        max_length = max_length or min(self.tokenizer.model_max_length, 4096)
+        max_length = max_length or self.text_limit
         data = dict(
             self.tokenizer(
                 [t if has else "" for t, has in zip(text, text_mask)],

@@ -12,6 +12,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .model import default_device
+
 
 def available_cores() -> int:
     """CPU cores this process may run on: its affinity mask where the OS has one (as PyTorch's DataLoader counts
@@ -44,7 +46,7 @@ def init_distributed(device: str | None) -> tuple[Dist, torch.device]:
     CUDA, gloo on CPU) unless it is, and give each rank its own GPU. Returns the job's layout and this rank's device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     if device.type == "cuda":

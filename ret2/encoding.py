@@ -1,7 +1,7 @@
-"""Encoding records: load a saved model (`load_model_and_processor`, refusing a mistyped folder at once), fingerprint
-its files (`model_fingerprint`), and encode items read from benchmark files or an index's records (`encode_items`)
-through the model's one batching engine. The on-disk cache of pool embeddings is `ret2.cache`; the evaluation's job
-(options, ranks, pools and queries) is `ret2.eval.encoder`.
+"""Encoding records: items read from benchmark files or an index's records (`encode_items`), encoded through the
+model's one batching engine (loading a model, its fingerprint and its token limit are `ret2.model`). The on-disk
+cache of pool embeddings is `ret2.cache`; the evaluation's job (options, ranks, pools and queries) is
+`ret2.eval.encoder`.
 
 Batching changes padding and matrix shapes, and with them the last bits of an embedding (about 1e-7 in fp32; after
 rounding to fp16, a few components move by one fp16 step): only candidates scored within about 1e-5 of each other can
@@ -10,30 +10,24 @@ swap places with the batch size.
 
 from __future__ import annotations
 
-import difflib
-import hashlib
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from transformers import AutoModel, AutoProcessor
-from transformers.utils import cached_file
 
 from modeling_ret2 import encode_samples, truncate_embeddings
 
 from .data.images import ImageLoader
 from .jsonl import record_line
+from .model import DTYPE_NAMES, text_limit
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 SIDES = ("query", "document")
-# Files of a model folder that can change its embeddings: config, weights, tokenizer / processor files, remote code.
-_MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".py")
 
 
 @dataclass(frozen=True)
@@ -74,58 +68,6 @@ class ItemList:
         return list(self.items[start:stop])
 
 
-# ----------------------------------------------------------------------------- model
-
-
-def load_model_and_processor(
-    name_or_path: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-    revision: str | None = None,
-) -> tuple[torch.nn.Module, object]:  # fmt: skip
-    """A saved ReT-2 model (hub id or folder, through `AutoModel` with `trust_remote_code=True`) on `device` in
-    eval mode, and its processor; `revision`: the Hub revision (None: the default branch)."""
-    check_model_source(name_or_path)
-    model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True, dtype=dtype, revision=revision)
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True, revision=revision)
-    return model.to(device).eval(), processor
-
-
-def check_model_source(name_or_path: str | os.PathLike) -> None:
-    """Fail at once, naming the path, when `name_or_path` is no existing folder yet cannot be a Hub id either: an
-    absolute path, one starting with `.` or `~`, one with more than one `/`, or one whose first folder exists here
-    (`runs/tinyy` beside `runs/`). Without this a mistyped folder is tried on the Hub, which takes its time to fail
-    and then blames the network."""
-    name = os.fspath(name_or_path)
-    if os.path.isdir(name):
-        return
-    parts = name.replace("\\", "/").split("/")
-    looks_local = os.path.isabs(name) or name.startswith((".", "~")) or len(parts) > 2 or os.path.isdir(parts[0])
-    if len(parts) == 1 or not looks_local:
-        return  # `name` or `org/name`: a Hub id
-    if os.path.exists(name):
-        raise NotADirectoryError(f"model {name!r} is a file; give the folder that holds config.json")
-    parent = os.path.dirname(os.path.abspath(os.path.expanduser(name)))
-    siblings = [e.name for e in os.scandir(parent) if e.is_dir()] if os.path.isdir(parent) else []
-    close = difflib.get_close_matches(os.path.basename(name.rstrip("/")), siblings, n=1)
-    hint = f"; did you mean {os.path.join(os.path.dirname(name), close[0])!r}?" if close else ""
-    raise FileNotFoundError(f"model folder {name!r} does not exist ({os.path.abspath(os.path.expanduser(name))}){hint}")
-
-
-def model_fingerprint(name_or_path: str) -> str:
-    """sha256 of the files of a model folder that can change its embeddings (config, weights, tokenizer and
-    processor files, remote code), by name and content. A hub id is resolved to its downloaded snapshot. Content,
-    not mtimes: a folder retrained in place gets a new fingerprint, a copied one keeps it (about 1 s per GB)."""
-    check_model_source(name_or_path)
-    folder = Path(name_or_path) if os.path.isdir(name_or_path) else Path(cached_file(name_or_path, "config.json")).parent
-    digest = hashlib.sha256()
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix in _MODEL_FILE_SUFFIXES:
-            digest.update(path.name.encode() + b"\0")
-            with open(path, "rb") as f:
-                while block := f.read(1 << 23):
-                    digest.update(block)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------- batched encoding
 
 
@@ -144,19 +86,13 @@ class _ItemImages:
             raise type(err)(f"{item.where()}: {err}") from err
 
 
-def text_limit(processor, max_length: int | None = None) -> int:
-    """The token limit the processor truncates texts to (`Ret2Processor`: `max_length`, else the tokenizer's
-    `model_max_length`, at most 4096)."""
-    return max_length or min(processor.tokenizer.model_max_length, 4096)
-
-
 def count_truncated(processor, texts: Sequence[str | None], max_length: int | None = None) -> int:
-    """How many of `texts` are longer than the processor's token limit (`text_limit`), i.e. lose their end when
-    encoded. Tokenizes them once more, untruncated."""
+    """How many of `texts` are longer than the processor's token limit (`ret2.model.text_limit`, or `max_length`),
+    i.e. lose their end when encoded. Tokenizes them once more, untruncated."""
     texts = [text for text in texts if text]
     if not texts:
         return 0
-    limit = text_limit(processor, max_length)
+    limit = max_length or text_limit(processor)
     lengths = processor.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
     return sum(len(ids) > limit for ids in lengths)
 

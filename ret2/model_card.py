@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import ModelCardData
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from configuration_ret2.configuration_ret2 import MIN_TRANSFORMERS_VERSION
 from modeling_ret2 import Ret2Model
+from ret2.model import is_hub_id
 
 TAGS = ["ret2", "multimodal-retrieval", "image-text-retrieval", "text-image-retrieval", "custom_code"]
 MBEIR_ID = "TIGER-Lab/M-BEIR"
@@ -31,17 +31,6 @@ RET1_BIBTEX = """@inproceedings{caffagni2025ret1,
   booktitle = {Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   year      = {2025}
 }"""
-
-
-def is_hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hub model id (not a local path): safe to publish in metadata."""
-    if not name or name.startswith(("/", ".", "~")) or Path(name).exists():
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def _is_number(value: object) -> bool:

@@ -30,7 +30,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
 from .data.mbeir import format_string
-from .encoding import DTYPES, load_model_and_processor
+from .model import default_device, load_model_and_processor
 
 _SIDES = {PromptType.query: "query", PromptType.document: "document", None: "query"}
 
@@ -56,9 +56,9 @@ class Ret2Encoder(AbsEncoder):
         if kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (valid: revision, device, dtype, prompts)")
         self.prompts_dict = prompts  # mteb's AbsEncoder looks a task's name up here before the task's own prompt
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        device = device or default_device()
         hub_revision = None if os.path.isdir(model_name) else revision
-        self.model, self.processor = load_model_and_processor(model_name, device, DTYPES[dtype], hub_revision)
+        self.model, self.processor = load_model_and_processor(model_name, device, dtype, hub_revision)
         if self.model.config.pooling == "none":
             raise ValueError(f"{model_name} is a multi-vector model (pooling='none'); mteb's dense retrieval needs "
                              "one vector per input")  # fmt: skip

@@ -35,8 +35,8 @@ from PIL import Image
 
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.cli import ArgumentParser, configure_logging, run_cli
-from ret2.encoding import model_fingerprint
-from ret2.model_card import datasets_of, is_hub_id, metrics_markdown, model_card
+from ret2.model import is_hub_id, model_fingerprint
+from ret2.model_card import datasets_of, metrics_markdown, model_card
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +327,7 @@ class Published:
 
 def check_results_model(results: dict, path: str | Path, checkpoint: Path) -> None:
     """PublishError unless `results` (a `results.json`) was written for the model in `checkpoint`: the fingerprint
-    it records under "model" (`ret2.encoding.model_fingerprint`) must be the folder's."""
+    it records under "model" (`ret2.model.model_fingerprint`) must be the folder's."""
     named = results.get("model") if isinstance(results.get("model"), dict) else {}
     if "fingerprint" not in named:
         raise PublishError(

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from ret2.cache import SHARD_SIZE, cache_folder, encode_pool, load_pool
-from ret2.encoding import Item, encode_items, load_model_and_processor, model_fingerprint
+from ret2.encoding import Item, encode_items
+from ret2.model import load_model_and_processor, model_fingerprint
 from ret2.eval.mbeir import candidate_pool
 from ret2.data.mbeir import EVAL_ROWS, read_queries
 from ret2.search import search

@@ -17,7 +17,8 @@ import torch
 from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool, write_atomic
 from ret2.data.images import check_orientation
 from configuration_ret2 import Ret2Config
-from ret2.encoding import DTYPES, Item, load_model_and_processor, model_fingerprint, truncate_array
+from ret2.encoding import DTYPES, Item, truncate_array
+from ret2.model import default_device, load_model_and_processor, model_config, model_fingerprint, text_limit
 from ret2.index import ENGINES
 from ret2.records import Records, read_records
 from ret2.search import (BACKENDS, RESCORE_MULTIPLIER, build_hnsw, build_quantized, check_precision, recall_at_k,
@@ -127,10 +128,6 @@ def index_info(folder: str | Path) -> dict:
             "parts", "approximate", "milvus")}}  # fmt: skip
 
 
-def _default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 class Ret2Index:
     """A searchable folder of documents encoded by one ReT-2 model (see the module docstring).
 
@@ -219,7 +216,7 @@ class Ret2Index:
             if folder.exists() and any(folder.iterdir()):
                 raise FileExistsError(f"{folder} exists and is not an index folder; pick an empty or new folder")
             fingerprint = model_fingerprint(str(model))  # a bad model fails here, before the folder is made
-            config = _model_config(str(model))
+            config = model_config(str(model))
             if precision != "fp16" and config.get("pooling") == "none":
                 raise ValueError(f"precision {precision!r} needs single-vector embeddings; this model is multi-vector "
                                  "(pooling='none', ReT-1 mode), searched exactly: use precision='fp16'")
@@ -257,7 +254,7 @@ class Ret2Index:
                 f"{built['fingerprint'][:12]}); model {str(model)!r} has different files (fingerprint {fingerprint[:12]}). "
                 "Search it with the model that built it, or build a new index with this model"
             )
-        device = torch.device(device or _default_device())
+        device = torch.device(device or default_device())
         net, processor = load_model_and_processor(str(model), device, DTYPES[meta["config"]["dtype"]])
         return cls(folder, meta, net, processor, device)
 
@@ -651,11 +648,11 @@ class Ret2Index:
 def _chunking(name_or_path: str, size: int | str, overlap: int) -> dict:
     """{"size", "overlap"} of `build`'s chunks, checked against the model's tokenizer: a chunk and the special tokens
     its text gets fit the tokenizer's limit ("auto": the largest that fits)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoProcessor
 
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    special = len(tokenizer("", verbose=False)["input_ids"])  # the BOS / EOS every text gets
-    limit = min(tokenizer.model_max_length, 4096) - special  # `text_limit`, less the special tokens
+    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+    special = len(processor.tokenizer("", verbose=False)["input_ids"])  # the BOS / EOS every text gets
+    limit = text_limit(processor) - special
     size = limit if size == "auto" else size
     if size > limit:
         raise ValueError(f"chunk_size {size} is above the tokenizer's limit of {limit} tokens per text (plus "
@@ -664,10 +661,3 @@ def _chunking(name_or_path: str, size: int | str, overlap: int) -> dict:
         raise ValueError(f"chunk_overlap {overlap} must be below the chunk size {size}")
     return {"size": size, "overlap": overlap}
 
-
-def _model_config(name_or_path: str) -> dict:
-    """The model's config.json (a folder, or a Hub id's downloaded snapshot)."""
-    from transformers.utils import cached_file
-
-    path = Path(name_or_path) / "config.json" if os.path.isdir(name_or_path) else cached_file(name_or_path, "config.json")
-    return json.loads(Path(path).read_text())

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from ret2.cli import ArgumentParser, configure_logging, run_cli
+from ret2.model import default_device
 
 from .inputs import Limits
 
@@ -86,15 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.index is not None:
         service = Service.from_index(args.index, args.device, **options)
     else:
-        service = Service.from_model(args.model, args.device or _default_device(), **options)
+        service = Service.from_model(args.model, args.device or default_device(), **options)
     # uvicorn handles SIGTERM and Ctrl-C: it stops accepting, answers the requests in flight, then runs the shutdown
     uvicorn.run(create_app(service), host=args.host, port=args.port, access_log=False, log_level="info")
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 if __name__ == "__main__":

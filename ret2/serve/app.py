@@ -58,7 +58,7 @@ class Service:
 
     @classmethod
     def from_model(cls, name_or_path: str, device: str = "cpu", **kwargs) -> Service:
-        from ret2.encoding import load_model_and_processor
+        from ret2.model import load_model_and_processor
 
         model, processor = load_model_and_processor(name_or_path, device)
         return cls(model, processor, name_or_path, **kwargs)
@@ -82,12 +82,14 @@ class Service:
                                  show_progress_bar=False, image_orientation=self.image_orientation)  # fmt: skip
 
     def count_tokens(self, samples: list) -> int:
-        """Text tokens of the samples, as the model's tokenizer counts them (truncated to its length): `usage`."""
+        """Text tokens of the samples as they are encoded (cut at the processor's limit, `ret2.model.text_limit`):
+        `usage`."""
         texts = [text for text, _ in samples if text]
         if not texts:
             return 0
-        tokenizer = self.processor.tokenizer
-        ids = tokenizer(texts, truncation=True, max_length=tokenizer.model_max_length)["input_ids"]
+        from ret2.model import text_limit
+
+        ids = self.processor.tokenizer(texts, truncation=True, max_length=text_limit(self.processor))["input_ids"]
         return sum(map(len, ids))
 
 

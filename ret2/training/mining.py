@@ -37,7 +37,8 @@ from tqdm.auto import tqdm
 
 from ret2.cache import Pool, cache_folder, encode_pool, load_pool, write_atomic
 from ret2.cli import ArgumentParser, configure_logging, run_cli
-from ret2.encoding import Item, ItemList, encode_items, load_model_and_processor, model_fingerprint
+from ret2.encoding import Item, ItemList, encode_items
+from ret2.model import default_device, load_model_and_processor, model_fingerprint
 from ret2.jsonl import read_json_lines
 from ret2.search import gather_rows, search
 
@@ -147,7 +148,7 @@ def mine_hard_negatives(
         raise ValueError(f"part_size must be a positive integer, got {part_size!r}")
     parts_dir = Path(parts_dir)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     net, processor = load_model_and_processor(str(model), device)
     fingerprint = model_fingerprint(str(model))
     pool, items = _pool_of(dataset)

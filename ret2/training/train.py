@@ -41,7 +41,7 @@ from transformers.training_args import ParallelMode
 
 from ret2.cli import TRACEBACK_FLAG, HelpFormatter, command_name, run_cli
 from ret2.data.images import IMAGE_ORIENTATIONS
-from ret2.encoding import check_model_source
+from ret2.model import check_model_source
 from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, TRAIN_QUERIES, load_instructions
 from configuration_ret2.configuration_ret2 import FIELD_RULES
 from modeling_ret2 import Ret2Model, Ret2Processor

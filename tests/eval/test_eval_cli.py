@@ -14,12 +14,12 @@ import pytest
 import torch
 from conftest import REPO
 
-from ret2 import encoding as encode
 from ret2.eval import m2kr, mbeir
 from ret2.bench.trec_agreement import compare
 from ret2.eval.encoder import EncodeOptions
 from ret2.cache import Embeddings, cache_folder, encode_pool, load_pool
-from ret2.encoding import encode_items, model_fingerprint
+from ret2.encoding import encode_items
+from ret2.model import load_model_and_processor, model_fingerprint
 from ret2.data.m2kr import M2KR_DATASETS
 from ret2.data.mbeir import EVAL_ROWS, GLOBAL_POOL, load_instructions
 from ret2.jsonl import read_json_lines
@@ -134,7 +134,7 @@ def test_global_pool_is_the_union_of_the_local_caches(mbeir_run, model_dir, data
     """Only the 16 local pools are encoded; a global ranking is the exact ranking over their concatenation."""
     cache = mbeir_run / "cache"
     assert sorted(p.name for p in cache.iterdir() if p.name != "datasets") == sorted(r.pool_stem for r in EVAL_ROWS)
-    model, processor = encode.load_model_and_processor(str(model_dir))
+    model, processor = load_model_and_processor(str(model_dir))
     pools = [mbeir.candidate_pool(row, data, cache) for row in EVAL_ROWS]
     fingerprint = model_fingerprint(str(model_dir))
     folders = [cache_folder(cache, p, fingerprint, torch.float32, 5, orientation="stored") for p in pools]
@@ -177,7 +177,7 @@ def test_partial_root_evaluates_the_rows_it_has(mbeir_run, model_dir, data, tmp_
 
 def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path):
     """An encoding killed after 2 shards resumes with the others only and ends with the same bytes."""
-    model, processor = encode.load_model_and_processor(str(model_dir))
+    model, processor = load_model_and_processor(str(model_dir))
     pool = mbeir.candidate_pool(ROWS["mbeir_cirr_task7_test"], data, tmp_path)  # 16 candidates: shards of 3 -> 6
     fingerprint = model_fingerprint(str(model_dir))
 
@@ -223,7 +223,7 @@ def test_half_written_shard_is_re_encoded(model_dir, data, tmp_path, caplog):
 
 def test_sharded_ranks_fill_the_same_cache(model_dir, data, tmp_path):
     """Ranks 0 and 1 of 2 write disjoint contiguous shards that together equal one process's cache."""
-    model, processor = encode.load_model_and_processor(str(model_dir))
+    model, processor = load_model_and_processor(str(model_dir))
     pool = mbeir.candidate_pool(ROWS["mbeir_webqa_task1_test"], data, tmp_path)
     fingerprint = model_fingerprint(str(model_dir))
     alone, split = (

@@ -15,7 +15,7 @@ from ret2.data.images import ImageLoader
 from ret2.data.mbeir import EVAL_ROWS, read_json_lines
 from ret2.data.synthetic import generate_mbeir
 from ret2.cache import cache_folder, load_pool
-from ret2.encoding import load_model_and_processor, model_fingerprint
+from ret2.model import load_model_and_processor, model_fingerprint
 from ret2.eval.encoder import EncodeOptions
 from ret2.eval import mbeir
 from ret2.index import Ret2Index

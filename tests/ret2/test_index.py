@@ -328,7 +328,7 @@ def test_milvus_cli_flow_and_a_copied_index_in_separate_processes(model_dir, pho
 
 
 def test_a_mistyped_model_folder_fails_at_once_naming_it(model_dir, photos, tmp_path):
-    from ret2.encoding import check_model_source
+    from ret2.model import check_model_source
 
     (tmp_path / "runs").mkdir()
     os.symlink(model_dir, tmp_path / "runs" / "tiny")

@@ -12,7 +12,7 @@ from conftest import REPO, WORDS, pattern
 from huggingface_hub import ModelCard
 from remote_code import load_in_clean_process
 
-from ret2.encoding import model_fingerprint
+from ret2.model import model_fingerprint
 from ret2.model_card import M2KR_ID, MBEIR_ID, datasets_of, metrics_markdown
 from ret2.publish import PublishError, build_parser, main, publish, verify_in_clean_process
 from modeling_ret2 import Ret2Model
