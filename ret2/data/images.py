@@ -57,3 +57,34 @@ def open_rgb(path: str | os.PathLike, what: str = "image", orientation: str = "s
         return to_rgb(load_image(path, orientation))  # decoded now: a truncated file fails here, not in the processor
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"{what} at {path} cannot be read: {err}") from err
+
+
+def image_problem(path: str | os.PathLike) -> str | None:
+    """Why the image file at `path` cannot be indexed ("missing", "empty file", "not an image or an unsupported
+    format: ...", "truncated or corrupt: ..."), or None when it decodes. JPEGs decode in draft mode (at 1/8 scale),
+    which reads every byte of the file, so a truncated one fails as in a full decode at a fraction of its cost."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file"
+    except FileNotFoundError:
+        return "missing"
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+            image.load()
+    except (Image.UnidentifiedImageError, Image.DecompressionBombError) as err:
+        return f"not an image or an unsupported format: {err}"
+    except (OSError, ValueError, SyntaxError) as err:
+        return f"truncated or corrupt: {err}"
+    return None
+
+
+def find_unreadable(paths: list[str | os.PathLike], workers: int = 4) -> dict[str, str]:
+    """{path: why} for every file of `paths` that cannot be indexed (`image_problem`), found in one pass (threads:
+    Pillow releases the GIL while it decodes), so that every bad file of a collection is reported at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = pool.map(image_problem, paths)
+    return {str(path): why for path, why in zip(paths, problems) if why is not None}
