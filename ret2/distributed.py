@@ -76,5 +76,10 @@ def main_first(job: Dist) -> Iterator[None]:
 
 
 def finish(job: Dist) -> None:
+    """Tear down a process group this process started. Every rank meets at a barrier first: a rank that destroys its
+    group while a peer has already exited can block for ever in gloo's teardown (issue 28: rank 1 hung in a futex on
+    a closed store socket after rank 0 had gone)."""
     if job.started_here:
+        if job.world_size > 1:
+            dist.barrier()
         dist.destroy_process_group()

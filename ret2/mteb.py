@@ -30,7 +30,7 @@ from mteb.models.abs_encoder import AbsEncoder
 from mteb.types import PromptType
 
 from .data.mbeir import format_string
-from .model import default_device, load_model_and_processor
+from .model import DTYPE_NAMES, default_device, load_model_and_processor
 
 _SIDES = {PromptType.query: "query", PromptType.document: "document", None: "query"}
 
@@ -51,8 +51,8 @@ class Ret2Encoder(AbsEncoder):
         self, model_name: str, revision: str | None = None, device: str | None = None, dtype: str = "float32",
         prompts: dict[str, str] | None = None, **kwargs: Any,
     ) -> None:  # fmt: skip
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPES)}")
+        if dtype not in DTYPE_NAMES:
+            raise ValueError(f"dtype {dtype!r} is not one of {list(DTYPE_NAMES)}")
         if kwargs:
             raise TypeError(f"unexpected keyword arguments {sorted(kwargs)} (valid: revision, device, dtype, prompts)")
         self.prompts_dict = prompts  # mteb's AbsEncoder looks a task's name up here before the task's own prompt

@@ -91,6 +91,7 @@ def main(out_dir: str) -> None:
         results["ragged_error"] = str(e)
 
     torch.save(results, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()  # no rank tears down while a peer may already be gone (a hang in gloo's teardown otherwise)
     dist.destroy_process_group()
 
 
