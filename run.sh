@@ -7,10 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 setup() {
-    if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import modeling_ret2, ret2, faiss, peft, matplotlib, sentence_transformers, pymilvus, fastapi, uvicorn, openai, selenium, httpx, xdist, mteb, ir_measures" 2>/dev/null; then
+    if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import modeling_ret2, ret2, faiss, peft, matplotlib, sentence_transformers, pymilvus, fastapi, uvicorn, openai, selenium, httpx, xdist, mteb, ir_measures, bm25s" 2>/dev/null; then
         python3 -m venv .venv
         # torch is pinned in the same command as the project: an unpinned torch resolves to a multi-GB CUDA build.
-        .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[dev,sentence-transformers,milvus,serve,mteb]"
+        .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0 -e ".[dev,sentence-transformers,milvus,serve,mteb,keyword]"
     fi
 }
 
