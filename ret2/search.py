@@ -20,6 +20,13 @@ candidates (`search_quantized`). With `rescore_multiplier=0` the codes' own scor
 
 For collections in the millions, `build_hnsw` / `search_hnsw` are the approximate alternative (FAISS HNSW over fp32
 copies of single vectors), and `recall_at_k` measures it against `search`.
+
+Every search takes `allowed`, the sorted rows a metadata filter keeps (`ret2.index.metadata.select`), and ranks only
+those, before the top k: the exact scan reads and scores only the allowed rows; the FAISS indexes (int8 / binary
+codes, HNSW, IVF-PQ) skip the others through an `IDSelectorBitmap`. An approximate index then returns k results
+whenever k rows are allowed: a query it leaves short (a selective filter cuts HNSW's graph walk and IVF's probed
+cells) is answered by the exact scan of the allowed rows, and so is every query when at most
+`EXACT_FILTER_ROWS` rows are allowed (docs/benchmarks.md#filtered-search).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ RESCORE_MULTIPLIER = 10  # quantized search rescores the best rescore_multiplier
 # binary codes need 10 to keep 0.98 of fp16 quality (docs/benchmarks.md#quality-retained-trained-models-3-seeds)
 _MARGIN = 16  # extra candidates kept by the scan: engines disagree by ~1e-7 on near-ties at the k-th place
 _BLOCK = 1 << 25  # score-matrix elements per step of the scan (128 MB in fp32)
+EXACT_FILTER_ROWS = 20_000  # approximate engines scan the allowed rows exactly when a filter keeps at most this many
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -80,14 +88,45 @@ def _float_queries(queries: np.ndarray | torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.asarray(queries, dtype=np.float32))
 
 
-def _chunks(shards: Sequence[np.ndarray], rows: int):
-    """(global index of the first row, tensor in the stored dtype) of consecutive chunks of at most `rows` documents:
-    fp16 travels to the device as it is and is widened there."""
+def _chunks(shards: Sequence[np.ndarray], rows: int, allowed: np.ndarray | None = None):
+    """(global indices (c,) int64, tensor in the stored dtype) of consecutive chunks of at most `rows` documents,
+    only the `allowed` ones (sorted global indices) when given: fp16 travels to the device as it is and is widened
+    there."""
     offset = 0
     for shard in shards:
-        for start in range(0, len(shard), rows):
-            yield offset + start, torch.from_numpy(np.array(shard[start : start + rows]))  # a copy: shards are read-only
+        if allowed is None:
+            for start in range(0, len(shard), rows):
+                block = np.array(shard[start : start + rows])  # a copy: shards are read-only
+                yield np.arange(offset + start, offset + start + len(block)), torch.from_numpy(block)
+        else:
+            inside = allowed[np.searchsorted(allowed, offset) : np.searchsorted(allowed, offset + len(shard))]
+            for start in range(0, len(inside), rows):
+                ids = inside[start : start + rows]
+                yield ids, torch.from_numpy(np.asarray(shard[ids - offset]))  # reads only the allowed rows
         offset += len(shard)
+
+
+def check_allowed(allowed: np.ndarray | None, total: int) -> np.ndarray | None:
+    """`allowed` as sorted unique int64 row indices in [0, total), or a ValueError naming the bad row."""
+    if allowed is None:
+        return None
+    allowed = np.unique(np.asarray(allowed, dtype=np.int64))
+    if len(allowed) and (allowed[0] < 0 or allowed[-1] >= total):
+        bad = allowed[0] if allowed[0] < 0 else allowed[-1]
+        raise ValueError(f"allowed row {bad} is outside the {total} documents searched")
+    return allowed
+
+
+def _selector(allowed: np.ndarray, total: int):
+    """A FAISS `IDSelectorBitmap` of the allowed rows, and the bitmap it reads (keep it alive while searching)."""
+    mask = np.zeros(total, bool)
+    mask[allowed] = True
+    bits = np.packbits(mask, bitorder="little")
+    return _faiss().IDSelectorBitmap(total, _faiss().swig_ptr(bits)), bits
+
+
+def _empty_result(num_queries: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((num_queries, 0), np.float32), np.empty((num_queries, 0), np.int64)
 
 
 def _merge(best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, ids: torch.Tensor) -> None:
@@ -99,7 +138,8 @@ def _merge(best: tuple[torch.Tensor, torch.Tensor], scores: torch.Tensor, ids: t
     best_scores.copy_(top.values)
 
 
-def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int, device: torch.device) -> torch.Tensor:
+def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int, device: torch.device,
+                allowed: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
     """Candidate indices (Nq, width) from a chunked torch scan on `device`."""
     num_queries, multi = queries.shape[0], queries.dim() == 3
     pairs = queries.shape[1] * shards[0].shape[1] if multi else 1  # token pairs scored per (query, document)
@@ -108,9 +148,9 @@ def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int,
     queries = queries.to(device)
     best_scores = torch.full((num_queries, width), -torch.inf, device=device)
     best_ids = torch.full((num_queries, width), -1, dtype=torch.long, device=device)
-    for first, docs in _chunks(shards, rows):
+    for ids, docs in _chunks(shards, rows, allowed):
         docs = _unit(docs.to(device).float())  # (c, D) or (c, Kd, D)
-        ids = torch.arange(first, first + len(docs), device=device)
+        ids = torch.from_numpy(ids).to(device)
         for q in range(0, num_queries, query_block):
             block = queries[q : q + query_block]
             scores = similarity(block, docs)  # (b, c)
@@ -118,17 +158,18 @@ def _scan_torch(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int,
     return best_ids.cpu()
 
 
-def _scan_faiss(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int) -> torch.Tensor:
+def _scan_faiss(queries: torch.Tensor, shards: Sequence[np.ndarray], width: int,
+                allowed: np.ndarray | None = None) -> torch.Tensor:  # fmt: skip
     """Candidate indices (Nq, width) from FAISS's exact inner-product k-NN over one chunk of documents at a time
     (`faiss.knn`: the scan of `IndexFlatIP` without copying the chunk into an index)."""
     faiss = _faiss()
     dim = queries.shape[1]
     queries = np.ascontiguousarray(queries.numpy())
     best = (torch.full((len(queries), width), -torch.inf), torch.full((len(queries), width), -1, dtype=torch.long))
-    for first, docs in _chunks(shards, max(width, _BLOCK // dim)):
+    for rows, docs in _chunks(shards, max(width, _BLOCK // dim), allowed):
         chunk = np.ascontiguousarray(_unit(docs.float()).numpy())
         scores, ids = faiss.knn(queries, chunk, min(width, len(docs)), faiss.METRIC_INNER_PRODUCT)  # (Nq, min(width, c))
-        _merge(best, torch.from_numpy(scores), torch.from_numpy(ids) + first)
+        _merge(best, torch.from_numpy(scores), torch.from_numpy(rows[ids]))
     return best[1]
 
 
@@ -176,9 +217,10 @@ def search(
     device: str | torch.device = "cpu",
     precision: str = "fp16",
     rescore_multiplier: int = RESCORE_MULTIPLIER,
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k documents of every query, best first: (scores (Nq, k) float32, indices (Nq, k) int64 into the
-    concatenated shards). k is capped at the number of documents.
+    concatenated shards). k is capped at the number of documents (of allowed documents, with `allowed`).
 
     Args:
         queries: (Nq, D) single vectors or (Nq, Kq, D) multi-vector embeddings.
@@ -190,10 +232,12 @@ def search(
         precision: "fp16" (exact), or "int8" / "binary": the documents are quantized by `build_quantized` (calibrated
             on these shards) and searched by `search_quantized` (single vectors only).
         rescore_multiplier: quantized search only: candidates rescored exactly per result (0: no rescoring).
+        allowed: the only documents ranked (indices, e.g. those a metadata filter keeps); None: all.
     """
     if precision != "fp16":
         check_precision(precision, rescore_multiplier)
-        return search_quantized(build_quantized(shards, precision), queries, shards, k, rescore_multiplier, device)
+        return search_quantized(build_quantized(shards, precision), queries, shards, k, rescore_multiplier, device,
+                                allowed)  # fmt: skip
     shards = [s for s in shards if len(s)]
     queries = _float_queries(queries)
     if not shards:
@@ -206,15 +250,16 @@ def search(
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     device = torch.device(device)
-    num_docs = sum(len(s) for s in shards)
+    allowed = check_allowed(allowed, sum(len(s) for s in shards))
+    num_docs = sum(len(s) for s in shards) if allowed is None else len(allowed)
     k, width = min(k, num_docs), min(k + _MARGIN, num_docs)
-    if len(queries) == 0:
-        return np.empty((0, k), np.float32), np.empty((0, k), np.int64)
+    if len(queries) == 0 or k == 0:
+        return np.empty((len(queries), k), np.float32), np.empty((len(queries), k), np.int64)
     queries = _unit(queries)
     if _resolve_backend(backend, queries.dim() == 3, device) == "faiss":
-        candidates = _scan_faiss(queries, shards, width)
+        candidates = _scan_faiss(queries, shards, width, allowed)
     else:
-        candidates = _scan_torch(queries, shards, width, device)
+        candidates = _scan_torch(queries, shards, width, device, allowed)
     return _rescore(queries, shards, candidates, k, device)
 
 
@@ -289,8 +334,10 @@ def search_quantized(
     k: int,
     rescore_multiplier: int = RESCORE_MULTIPLIER,
     device: str | torch.device = "cpu",
+    allowed: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k documents of every query through a `build_quantized` index: (scores (Nq, k) float32, indices (Nq, k)).
+    """Top-k documents of every query through a `build_quantized` or `build_ivfpq` index: (scores (Nq, k) float32,
+    indices (Nq, k)). With `allowed` (indices), only those documents are ranked (see the module docstring).
 
     The codes rank `rescore_multiplier * k` candidates (int8: inner product of the query with the decoded codes;
     binary: Hamming distance between sign bits), which are rescored in float64 from `shards` (the documents the
@@ -303,17 +350,43 @@ def search_quantized(
     queries = _float_queries(queries)
     if queries.dim() != 2 or queries.shape[1] != index.d:
         raise ValueError(f"queries {tuple(queries.shape)} must be (N, {index.d}) single vectors like the index's")
-    k = min(k, index.ntotal)
-    width = min(k * max(rescore_multiplier, 1), index.ntotal)
+    faiss = _faiss()
+    allowed = check_allowed(allowed, index.ntotal)
+    total = index.ntotal if allowed is None else len(allowed)
+    k = min(k, total)
+    if k == 0:
+        return _empty_result(len(queries))
+    if allowed is not None and total <= EXACT_FILTER_ROWS:
+        return search(queries, shards, k, device=device, allowed=allowed)
+    width = min(k * max(rescore_multiplier, 1), total)
+    params, _bits = None, None
+    if allowed is not None:
+        selector, _bits = _selector(allowed, index.ntotal)
+        params = (faiss.SearchParametersIVF(sel=selector, nprobe=index.nprobe) if isinstance(index, faiss.IndexIVF)
+                  else faiss.SearchParameters(sel=selector))  # fmt: skip
     queries = _unit(queries)
-    if isinstance(index, _faiss().IndexBinary):  # Hamming distance between the query's and the documents' signs
-        distances, ids = index.search(sign_bits(queries.numpy()), width)
+    if isinstance(index, faiss.IndexBinary):  # Hamming distance between the query's and the documents' signs
+        distances, ids = index.search(sign_bits(queries.numpy()), width, params=params)
         scores = 1 - 2 * distances.astype(np.float32) / index.d
     else:
-        scores, ids = index.search(np.ascontiguousarray(queries.numpy()), width)
+        scores, ids = index.search(np.ascontiguousarray(queries.numpy()), width, params=params)
     if rescore_multiplier == 0:
-        return scores[:, :k], ids[:, :k]
-    return _rescore(queries, shards, torch.from_numpy(ids), k, torch.device(device))
+        scores, ids = scores[:, :k], ids[:, :k]
+    else:
+        scores, ids = _rescore(queries, shards, torch.from_numpy(ids), k, torch.device(device))
+    if allowed is None:
+        return scores, ids
+    return _fill_short(scores, ids, lambda q: search(queries[q], shards, k, device=device, allowed=allowed))
+
+
+def _fill_short(scores: np.ndarray, ids: np.ndarray, exact) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) with every query that an approximate engine left with fewer than k results (a -1 id) answered
+    by `exact(query indices)` instead, the exact scan of the allowed rows."""
+    short = np.flatnonzero((ids < 0).any(axis=1))
+    if len(short):
+        scores, ids = scores.copy(), ids.copy()
+        scores[short], ids[short] = exact(torch.from_numpy(short))
+    return scores, ids
 
 
 def build_ivfpq(shards: Sequence[np.ndarray], nlist: int = 1024, m: int = 96, train_size: int = 65_536,
@@ -366,16 +439,36 @@ def build_hnsw(shards: Sequence[np.ndarray], m: int = 32, ef_construction: int =
     return index
 
 
-def search_hnsw(index, queries: np.ndarray | torch.Tensor, k: int, ef_search: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def search_hnsw(index, queries: np.ndarray | torch.Tensor, k: int, ef_search: int = 128,
+                allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(scores (Nq, k) float32, indices (Nq, k) int64) of the HNSW index, best first; -1 pads when fewer than k
-    documents are reachable. `ef_search` >= k: the search depth (higher: better recall, slower)."""
+    documents are reachable. `ef_search` >= k: the search depth (higher: better recall, slower). With `allowed`
+    (indices) only those documents are returned, k of them whenever k are allowed: the graph walk skips the others
+    (`IDSelectorBitmap`), and a query it leaves short, or every query when at most `EXACT_FILTER_ROWS` rows are
+    allowed, gets the exact inner-product scan of the allowed rows' vectors (read back from the index)."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if not isinstance(ef_search, int) or ef_search < 1:
         raise ValueError(f"ef_search must be a positive integer, got {ef_search!r}")
-    queries = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
-    index.hnsw.efSearch = max(ef_search, k)
-    return index.search(unit_rows(queries), min(k, index.ntotal))
+    queries = unit_rows(queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries))
+    if allowed is None:
+        index.hnsw.efSearch = max(ef_search, k)
+        return index.search(queries, min(k, index.ntotal))
+    faiss = _faiss()
+    allowed = check_allowed(allowed, index.ntotal)
+    k = min(k, len(allowed))
+    if k == 0:
+        return _empty_result(len(queries))
+
+    def exact(q: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = faiss.knn(queries[q.numpy()], index.reconstruct_batch(allowed), k, faiss.METRIC_INNER_PRODUCT)
+        return scores, allowed[ids]
+
+    if len(allowed) <= EXACT_FILTER_ROWS:
+        return exact(torch.arange(len(queries)))
+    selector, _bits = _selector(allowed, index.ntotal)
+    scores, ids = index.search(queries, k, params=faiss.SearchParametersHNSW(sel=selector, efSearch=max(ef_search, k)))
+    return _fill_short(scores, ids, exact)
 
 
 def recall_at_k(exact: np.ndarray, approximate: np.ndarray) -> float:
