@@ -4,8 +4,7 @@ pool (`ret2.cache`) and encodes queries."""
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -13,11 +12,12 @@ import numpy as np
 import torch
 
 from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool
-from ret2.data.images import IMAGE_ORIENTATIONS, check_orientation
+from ret2.data.images import check_orientation
 from ret2.distributed import Dist, barrier, default_num_workers, init_distributed
 from ret2.encoding import DTYPES, Item, encode_items, truncate_array
 from ret2.model import load_model_and_processor, model_fingerprint
-from ret2.search import BACKENDS, PRECISIONS, RESCORE_MULTIPLIER, check_precision
+from ret2.options import BATCH_SIZE, DTYPE
+from ret2.search import BACKENDS, RESCORE_MULTIPLIER, check_precision
 
 
 @dataclass
@@ -42,10 +42,10 @@ class EncodeOptions:
             size reuses one encoding of the pools.
     """
 
-    batch_size: int = 64
+    batch_size: int = BATCH_SIZE
     num_workers: int = default_num_workers()
     device: str | None = None
-    dtype: str = "float32"
+    dtype: str = DTYPE
     cache_dir: Path | None = None
     shard_size: int = SHARD_SIZE
     search_backend: str = "auto"
@@ -69,32 +69,6 @@ class EncodeOptions:
         check_precision(self.precision, self.rescore_multiplier)
         if self.truncate_dim is not None and (not isinstance(self.truncate_dim, int) or self.truncate_dim < 1):
             raise ValueError(f"truncate_dim must be a positive integer or None, got {self.truncate_dim!r}")
-
-    @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """The command-line flags of these options (`--batch-size`, ..., `--search-backend`)."""
-        parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: OUTPUT_DIR/cache)")
-        parser.add_argument("--batch-size", type=int, default=cls.batch_size, help="items per model call")
-        parser.add_argument("--shard-size", type=int, default=cls.shard_size, help="items per cache shard (the resume unit)")
-        parser.add_argument("--num-workers", type=int, default=cls.num_workers, help="DataLoader workers loading images")
-        parser.add_argument("--device", help="cuda or cpu (default: cuda if available); one GPU per rank under torchrun")
-        parser.add_argument("--dtype", choices=list(DTYPES), default=cls.dtype, help="model dtype while encoding")
-        parser.add_argument("--search-backend", choices=list(BACKENDS), default=cls.search_backend,
-                            help="auto: torch (the faster on every size measured, docs/benchmarks.md)")
-        parser.add_argument("--precision", choices=list(PRECISIONS), default=cls.precision,
-                            help="fp16: exact; int8 / binary: quantized codes, best candidates rescored from fp16")
-        parser.add_argument("--rescore-multiplier", type=int, default=cls.rescore_multiplier,
-                            help="int8 / binary: candidates rescored per result (0: no rescoring)")
-        parser.add_argument("--image-orientation", choices=list(IMAGE_ORIENTATIONS), default=cls.image_orientation,
-                            help="stored: EXIF orientation not applied, as the benchmarks read images (default); "
-                                 "upright: turned by EXIF orientation (docs/images.md)")
-        parser.add_argument("--truncate-dim", type=int, default=cls.truncate_dim,
-                            help="search with this prefix of every embedding, re-normalised (Matryoshka sizes; "
-                                 "default: the full embedding)")
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> EncodeOptions:
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
 
 @dataclass

@@ -19,21 +19,19 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
-from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.distributed import finish
 from ret2.data.images import ImageLoader
 from ret2.cache import Pool
 from ret2.encoding import Item, ItemList
-from ret2.data.m2kr import M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
+from ret2.data.m2kr import LAYOUTS, M2KR_DATASETS, M2KRDataset, load_m2kr, m2kr_dataset
 from ret2.metrics import compute_retrieval_metrics
 from ret2.search import search
 
 from .encoder import EncodeOptions, Encoder
-from .report import add_evaluation_arguments, print_report, trec_order, write_report, write_trec
+from .report import trec_order, write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("ret", "parquet")
 
 
 def _sources(dataset: M2KRDataset, root: Path, layout: str) -> tuple[Path, Path, list[Path]]:
@@ -184,24 +182,7 @@ def evaluate_m2kr(
         finish(encoder.job)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """`ret2-eval-m2kr`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
-    parser = ArgumentParser(description=__doc__)
-    add_evaluation_arguments(parser, "folder of the ReT-M2KR jsonl files or M2KR parquet configs (or the folder "
-                                     "above, as ret2-synthetic writes it: ROOT/m2kr)")
-    parser.add_argument("--layout", choices=list(LAYOUTS), default="ret", help="ret: ReT-M2KR jsonl; parquet: M2KR")
-    parser.add_argument("--image-root", type=Path,
-                        help="root of the image paths in the records (default: DATA_ROOT; ReT-M2KR's paths are "
-                             "relative to its root)")
-    parser.add_argument("--datasets", nargs="+", help=f"sub-datasets (default: all found), of {list(M2KR_DATASETS)}")
-    EncodeOptions.add_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging()
-    return print_report(args.output_dir, evaluate_m2kr(
-        args.model, args.data_root, args.output_dir, layout=args.layout, image_root=args.image_root,
-        datasets=args.datasets, options=EncodeOptions.from_args(args),
-    ))  # fmt: skip
+if __name__ == "__main__":  # `python -m eval.m2kr` / `torchrun -m ret2.eval.m2kr`: the `ret2-eval-m2kr` command
+    from ret2.commands.eval_m2kr import main
 
-
-if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -30,12 +30,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.distributed import finish, main_first
 from ret2.cache import Embeddings, Pool
 from ret2.encoding import Item
 from ret2.data.mbeir import (
-    DEFAULT_INSTRUCTIONS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
+    DEFAULT_INSTRUCTIONS, EVAL_POOLS as POOLS, EVAL_ROWS, GLOBAL_POOL, INSTRUCTIONS, EvalRow, candidate_text, check_qrels,
     load_instructions, query_instruction, query_text, read_candidates, read_qrels, read_queries,
 )
 from ret2.jsonl import record_line
@@ -43,11 +42,10 @@ from ret2.metrics import chance_hit_rate_at_k, compute_retrieval_metrics
 from ret2.search import search
 
 from .encoder import EncodeOptions, Encoder
-from .report import add_evaluation_arguments, print_report, trec_order, write_report, write_trec
+from .report import trec_order, write_report, write_trec
 
 logger = logging.getLogger(__name__)
 
-POOLS = ("local", "global", "both")
 _EXTRA = ("mrr@10", "ndcg@10")  # reported beside UniIR's recall@k
 
 
@@ -277,27 +275,7 @@ def evaluate_mbeir(
         finish(job)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """`ret2-eval-mbeir`: parse the arguments (see the module docstring and `--help`), evaluate, print the table."""
-    parser = ArgumentParser(description=__doc__)
-    add_evaluation_arguments(parser, "M-BEIR root (query/, cand_pool/, qrels/, mbeir_images/)")
-    parser.add_argument("--split", default="test", choices=["test"], help="M-BEIR's evaluation table is on test")
-    parser.add_argument("--pool", default="both", choices=list(POOLS), help="local pools, the global pool, or both")
-    parser.add_argument("--tasks", nargs="+", help="rows to evaluate, e.g. webqa_task1 cirr_task7 (default: all 16)")
-    parser.add_argument("--instructions", type=Path,
-                        help="query_instructions.tsv (default: DATA_ROOT/instructions/query_instructions.tsv if it "
-                             "exists, else the built-in prompt_1 table)")
-    parser.add_argument("--random-instruction", action="store_true", help="draw one prompt per query (seeded), as UniIR")
-    parser.add_argument("--seed", type=int, default=0, help="seed of --random-instruction")
-    parser.add_argument("--k", type=int, help="results per query (default: the row's largest reported K, 10 or 50)")
-    EncodeOptions.add_arguments(parser)
-    args = parser.parse_args(argv)
-    configure_logging()
-    return print_report(args.output_dir, evaluate_mbeir(
-        args.model, args.data_root, args.output_dir, pool=args.pool, tasks=args.tasks, instructions=args.instructions,
-        random_instruction=args.random_instruction, seed=args.seed, k=args.k, options=EncodeOptions.from_args(args),
-    ))  # fmt: skip
+if __name__ == "__main__":  # `python -m eval.mbeir` / `torchrun -m ret2.eval.mbeir`: the `ret2-eval-mbeir` command
+    from ret2.commands.eval_mbeir import main
 
-
-if __name__ == "__main__":
-    run_cli(main)
+    main()

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from ret2.cli import ArgumentParser
 from ret2.data.synthetic import is_generated
 
 import numpy as np
@@ -64,17 +63,3 @@ def write_report(
     }  # fmt: skip
     (output_dir / "results.json").write_text(json.dumps(named, indent=2) + "\n", encoding="utf-8")
     (output_dir / "results.md").write_text(table, encoding="utf-8")
-
-
-def add_evaluation_arguments(parser: ArgumentParser, data_root_help: str) -> None:
-    """The flags every evaluation command starts with: `--model`, `--data-root`, `--output-dir`."""
-    parser.add_argument("--model", required=True, help="saved ReT-2 folder or hub id (loaded with trust_remote_code)")
-    parser.add_argument("--data-root", required=True, type=Path, help=data_root_help)
-    parser.add_argument("--output-dir", required=True, type=Path, help="where TREC runs, results.json and .md go")
-
-
-def print_report(output_dir: Path, results: dict | None) -> dict | None:
-    """Print the table an evaluation wrote (rank 0 only: other ranks return None) and pass the results on."""
-    if results is not None:
-        print((output_dir / "results.md").read_text(encoding="utf-8"))
-    return results

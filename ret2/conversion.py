@@ -6,7 +6,7 @@ published checkpoints have them, or flat, as transformers 5.x saves them: both a
 `Ret2Config(pooling="none", share_encoder=False)` model: same towers, taps from `layer_strategy`, the query cell in
 `query_encoder` and the passage cell in `document_encoder`, scored by late interaction.
 
-    ret2-convert-ret1 aimagelab/ReT-CLIP-ViT-L-14 --output-dir ./ret-clip-l      (checkout: python -m ret2.conversion)
+    ret2-convert-ret1 aimagelab/ReT-CLIP-ViT-L-14 --output-dir ./ret-clip-l      (checkout: python -m ret2.commands.convert_ret1)
     ret2-convert-ret1 ./ReT-CLIP-ViT-L-14 --output-dir ./ret-clip-l --tokenizer ./clip-l --image-processor ./clip-l
 
 From Python (this is also what `hub_upload.py --from-ret1` calls): `convert_ret1(source, output)` writes the folder
@@ -16,9 +16,7 @@ alone. Everything that would change the computation and has no ReT-2 equivalent 
 
 import contextlib
 import json
-import logging as std_logging
 import re
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,7 +31,6 @@ from transformers.utils import logging
 from configuration_ret2 import Ret2Config
 from modeling_ret2 import Ret2Model, Ret2Processor
 from modeling_ret2.modeling_ret2 import sinusoidal_table
-from ret2.cli import ArgumentParser, run_cli
 
 logger = logging.get_logger(__name__)
 
@@ -360,30 +357,3 @@ def convert_ret1(
     processor.save_pretrained(output)
     logger.info(f"Wrote {output} (model with remote code, and processor).")
     return output
-
-
-def main(argv: list[str] | None = None) -> Path:
-    """`ret2-convert-ret1 SOURCE --output-dir DIR [--tokenizer PATH] [--image-processor PATH]`."""
-    parser = ArgumentParser(
-        description="Convert a ReT-1 checkpoint (local folder or Hub id) into a ReT-2 folder that reproduces it."
-    )
-    parser.add_argument("source", help="ReT-1 folder or Hub id, e.g. aimagelab/ReT-CLIP-ViT-L-14")
-    parser.add_argument("--output-dir", required=True, help="folder to write the ReT-2 model and processor to")
-    parser.add_argument("--tokenizer", help="tokenizer folder or id (default: the text tower's _name_or_path)")
-    parser.add_argument("--image-processor", help="image processor folder or id (default: the vision tower's)")
-    args = parser.parse_args(argv)
-    # Show this module's progress messages (only them: the libraries' INFO logs would drown them).
-    handler = std_logging.StreamHandler(sys.stdout)
-    handler.setFormatter(std_logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(std_logging.INFO)
-    try:
-        output = convert_ret1(args.source, args.output_dir, args.tokenizer, args.image_processor)
-    finally:
-        logger.removeHandler(handler)
-    print(f"Done: load it with AutoModel.from_pretrained({str(output)!r}, trust_remote_code=True)")
-    return output
-
-
-if __name__ == "__main__":
-    run_cli(main)

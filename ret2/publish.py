@@ -14,7 +14,6 @@ not importable, offline) and must give the source model's embeddings; only then 
 created and the folder uploaded. The token comes from `HF_TOKEN` or `hf auth login`; it is never printed.
 """
 
-import argparse
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from PIL import Image
 
 from modeling_ret2 import Ret2Model, Ret2Processor
-from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.model import is_hub_id, model_fingerprint
 from ret2.model_card import datasets_of, metrics_markdown, model_card
 
@@ -136,21 +134,21 @@ def run_in_clean_process(
     )  # fmt: skip
 
 
-def repo_id_arg(value: str) -> str:
-    """argparse type of `--repo-id`: `ORG/NAME` with Hub-valid characters."""
+def check_repo_id(value: str) -> str:
+    """`value` if it is a repository to publish to, `ORG/NAME` with Hub-valid characters; else ValueError naming it."""
     try:
         validate_repo_id(value)
     except HFValidationError as error:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a valid Hub repo id: {error}") from None
+        raise ValueError(f"{value!r} is not a valid Hub repo id: {error}") from None
     if value.count("/") != 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not of the form ORG/NAME (a user or organisation, a name).")
+        raise ValueError(f"{value!r} is not of the form ORG/NAME (a user or organisation, a name).")
     return value
 
 
-def hub_id_arg(value: str) -> str:
-    """argparse type of `--base-model`: a Hub model id, not a local path."""
+def check_hub_model_id(value: str) -> str:
+    """`value` if it reads as a Hub model id, not a local path (a card's `base_model`); else ValueError naming it."""
     if not is_hub_id(value):
-        raise argparse.ArgumentTypeError(f"{value!r} is not a Hub model id (e.g. openai/clip-vit-large-patch14).")
+        raise ValueError(f"{value!r} is not a Hub model id (e.g. openai/clip-vit-large-patch14).")
     return value
 
 
@@ -386,8 +384,8 @@ def publish(
     if from_ret1 is None and (tokenizer or image_processor):
         raise PublishError("--tokenizer / --image-processor are for --from-ret1 (the converter's preprocessing) only")
     try:
-        repo_id = repo_id_arg(repo_id)
-    except argparse.ArgumentTypeError as error:
+        repo_id = check_repo_id(repo_id)
+    except ValueError as error:
         raise PublishError(str(error)) from None
     staging = Path(dry_run) if dry_run is not None else None
     if staging is not None and staging.exists() and (not staging.is_dir() or any(staging.iterdir())):
@@ -432,87 +430,3 @@ def publish(
         raise PublishError(str(error), staging) from error
     shutil.rmtree(staging)
     return Published(staging, info.commit_url, info.oid)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(description=__doc__)
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument(
-        "--model", type=Path, metavar="DIR",
-        help="a ReT-2 folder saved by save_pretrained (model + processor), a Trainer checkpoint-N/ folder (its "
-        "optimizer, scheduler, RNG and trainer state are not published) or a LoRA adapter folder (merged into --base)",
-    )  # fmt: skip
-    source.add_argument(
-        "--from-ret1", metavar="SRC",
-        help="convert an official ReT-1 checkpoint (ret2.conversion.convert_ret1) and publish the result",
-    )  # fmt: skip
-    parser.add_argument(
-        "--base", metavar="DIR",
-        help="base ReT-2 model (folder or Hub id) of a LoRA adapter; default: the adapter's base_model_name_or_path",
-    )  # fmt: skip
-    parser.add_argument("--repo-id", required=True, type=repo_id_arg, metavar="ORG/NAME", help="target repository")
-    parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--revision", default="main", help="branch to push to, created if needed (default: main)")
-    parser.add_argument("--commit-message", default="Upload ReT-2 model", help="commit message of the upload")
-    parser.add_argument(
-        "--eval-results", type=Path, metavar="JSON",
-        help="results.json of the eval scripts (nested metrics as fractions), rendered as tables in the model card",
-    )  # fmt: skip
-    parser.add_argument(
-        "--ignore-results-model", action="store_true",
-        help="publish --eval-results even if it was measured on another model (its fingerprint differs) or names none",
-    )  # fmt: skip
-    parser.add_argument(
-        "--tokenizer", metavar="DIR",
-        help="with --from-ret1: the towers' tokenizer (folder or Hub id; default: the text tower's _name_or_path)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--image-processor", metavar="DIR",
-        help="with --from-ret1: the vision tower's image processor (folder or Hub id; default: its _name_or_path)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--datasets", nargs="+", metavar="ID",
-        help="Hub dataset ids for the card metadata; default: the benchmarks named in --eval-results",
-    )  # fmt: skip
-    parser.add_argument("--license", default="apache-2.0", help="license id in the card metadata (default: apache-2.0)")
-    parser.add_argument(
-        "--base-model", nargs="+", type=hub_id_arg, metavar="ID",
-        help="Hub ids of the model(s) this one derives from; default: the towers' _name_or_path when it is a Hub id",
-    )  # fmt: skip
-    parser.add_argument(
-        "--allow-pickle", action="store_true",
-        help="load pickle weights (.bin/.pt/.pth/.pkl) of a trusted checkpoint; they are published as safetensors",
-    )  # fmt: skip
-    parser.add_argument(
-        "--dry-run", type=Path, metavar="OUTDIR",
-        help="assemble and verify the repository in OUTDIR (new or empty) and upload nothing",
-    )  # fmt: skip
-    return parser
-
-
-def main(argv: list[str] | None = None, api: HfApi | None = None) -> int:
-    """`ret2-publish` / `python hub_upload.py`; `api` replaces `HfApi()` (tests). Returns the exit status."""
-    args = build_parser().parse_args(argv)
-    configure_logging()  # the steps' log lines on stderr
-    try:
-        done = publish(
-            args.model, args.repo_id, from_ret1=args.from_ret1, base=args.base, private=args.private,
-            revision=args.revision, commit_message=args.commit_message, eval_results=args.eval_results,
-            ignore_results_model=args.ignore_results_model, datasets=args.datasets, license=args.license,
-            base_model=args.base_model, allow_pickle=args.allow_pickle, dry_run=args.dry_run, tokenizer=args.tokenizer,
-            image_processor=args.image_processor, api=api,
-        )  # fmt: skip
-    except PublishError as error:
-        print(f"error: {redact(str(error))}", file=sys.stderr)
-        if error.staging is not None and error.staging.is_dir() and any(error.staging.iterdir()):
-            print(f"the assembled folder is kept at {error.staging.resolve()}", file=sys.stderr)
-        return 1
-    if done.commit_url is None:
-        print(f"dry run: the repository is assembled in {done.folder.resolve()}; nothing was uploaded.")
-    else:
-        print(f"uploaded: {done.commit_url}\npin it in from_pretrained: revision={done.revision!r}")
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -7,16 +7,16 @@ multimodal LLM: this module stops at the prompt string).
     kb = build_knowledge_base("kb-index", ["data/ReT-M2KR/infoseek_passages_test.jsonl"],  # with or without images
                               model="runs/demo/seed-42/ret2-model", image_root="data/ReT-M2KR")
     passages = retrieve(kb, "What is this building called?", image="photo.jpg", k=5)
+    passages = retrieve(kb, "What is this building called?", image="photo.jpg", k=5, mode="hybrid",
+                        filter={"source": "infoseek_passages_test"})   # BM25 + vectors, over one passage file
     prompt = build_prompt("What is this building called?", passages)   # hand it, with the image, to any generator
 
 The knowledge base is a `ret2.index.Ret2Index` of ReT-M2KR passage files (`passage_id`, `passage_text`,
-`passage_image_path`: the layout `eval.m2kr` reads and `ret2.data.synthetic.generate_mbeir` writes under `<root>/m2kr`).
-Command line: the first call builds the knowledge base from the passage files, later calls reuse it; each prints the
-prompt.
-
-    python -m ret2.rag kb-index --passages data/ReT-M2KR/infoseek_passages_test.jsonl \
-        --model runs/demo/seed-42/ret2-model --question "What is this building called?" --image photo.jpg -k 5
-    python -m ret2.rag kb-index --question "Who designed it?" --image photo.jpg
+`passage_image_path`: the layout `eval.m2kr` reads and `ret2.data.synthetic.generate_mbeir` writes under `<root>/m2kr`);
+each passage's metadata is `source`, the name of its file without `.jsonl`, so a filter can keep the passages of some
+files (`ret2.index.filters`).
+Command line: `ret2-rag` (`ret2.commands.rag`): the first call builds the knowledge base from the passage files, later
+calls reuse it; each prints the prompt.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ret2.data.m2kr import read_ret_m2kr_passages
 
-if TYPE_CHECKING:  # the index is imported where it is used: the command's --help stays light
+if TYPE_CHECKING:  # the index is imported where it is used: importing this module stays light
     from ret2.index import Hit, Ret2Index
 
 PROMPT_TEMPLATE = (
@@ -36,8 +36,9 @@ PROMPT_TEMPLATE = (
 
 
 def passage_records(files: Sequence[str | Path]) -> list[dict]:
-    """Index records {"id", "text", "image"} of ReT-M2KR passage files (ids as strings, null texts dropped)."""
-    return [{"id": p["pid"], "text": p["text"] or None, "image": p["img_path"]}
+    """Index records {"id", "text", "image", "source"} of ReT-M2KR passage files (ids as strings, null texts dropped;
+    `source`, the metadata field: the passage file's name without its suffix)."""
+    return [{"id": p["pid"], "text": p["text"] or None, "image": p["img_path"], "source": Path(path).stem}
             for path in files for p in read_ret_m2kr_passages(path)]  # fmt: skip
 
 
@@ -56,10 +57,16 @@ def build_knowledge_base(
                            chunk_size=chunk_size, chunk_overlap=chunk_overlap, **build)  # fmt: skip
 
 
-def retrieve(index: Ret2Index, question: str | None, image: Any = None, k: int = 5) -> list[Hit]:
+def retrieve(
+    index: Ret2Index, question: str | None, image: Any = None, k: int = 5, filter: dict | None = None,
+    mode: str = "vector", fusion: str = "rrf", weights: Sequence[float] = (0.5, 0.5),
+) -> list[Hit]:
     """The top-k passages for a question (text) about an image (a PIL image or a path anywhere on disk); either may
-    be None."""
-    return index.search({"text": question, "image": image}, k=k)
+    be None. `filter`, `mode`, `fusion`, `weights`: as `Ret2Index.search` takes them (a metadata filter such as
+    `{"source": {"$in": [...]}}`; "vector", "keyword" (BM25 over the passages, the question only) or "hybrid",
+    which need a question)."""
+    return index.search({"text": question, "image": image}, k=k, filter=filter, mode=mode, fusion=fusion,
+                        weights=weights)  # fmt: skip
 
 
 def build_prompt(question: str, passages: Sequence[Hit], template: str = PROMPT_TEMPLATE) -> str:
@@ -70,54 +77,3 @@ def build_prompt(question: str, passages: Sequence[Hit], template: str = PROMPT_
         image = f" [image: {hit.image}]" if hit.image else ""
         lines.append(f"Passage {rank} ({hit.id}){image}: {hit.text or ''}".rstrip())
     return template.format(passages="\n".join(lines), question=question)
-
-
-def _chunk_size(text: str) -> int | str | None:
-    """`--chunk-size`: a number of tokens, "auto" or "none"."""
-    if text.lower() in ("auto", "none"):
-        return None if text.lower() == "none" else "auto"
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"--chunk-size must be a positive integer, auto or none, got {text!r}")
-    return int(text)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m ret2.rag`: print the prompt for a question (and image) against a knowledge-base index."""
-    from ret2.cli import ArgumentParser
-
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("index", help="the knowledge-base index folder (built by the first call, with --passages)")
-    parser.add_argument("--passages", nargs="+", metavar="FILE",
-                        help="ReT-M2KR passage files (passage_id, passage_text, passage_image_path) to build the "
-                             "knowledge base from, into the new INDEX folder (needs --model)")  # fmt: skip
-    parser.add_argument("--image-root", help="folder the passages' image paths are relative to (default: the folder "
-                        "of the first passage file, the ReT-M2KR root)")  # fmt: skip
-    parser.add_argument("--question", required=True, help="the question")
-    parser.add_argument("--image", help="the question's image (a path anywhere on disk)")
-    parser.add_argument("-k", "--k", type=int, default=5, help="passages in the prompt")
-    parser.add_argument("--model", help="the model (default: the one that built the index)")
-    parser.add_argument("--chunk-size", type=_chunk_size, default="auto",
-                        help="with --passages: split passages longer than this many tokens into chunks, each passage "
-                             "retrieved by its best chunk; auto: the tokenizer's limit; none: truncate them")  # fmt: skip
-    parser.add_argument("--chunk-overlap", type=int, default=16, help="with --passages: tokens shared by "
-                        "consecutive chunks")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.image_root and not args.passages:
-        parser.error("--image-root is for --passages (the knowledge base's own image root is stored in it)")
-    if args.passages:
-        if args.model is None:
-            parser.error("--passages builds a new knowledge base: give the model that encodes it with --model")
-        image_root = args.image_root or Path(args.passages[0]).parent
-        index = build_knowledge_base(args.index, args.passages, args.model, image_root, args.chunk_size,
-                                     args.chunk_overlap)  # fmt: skip
-    else:
-        from ret2.index import Ret2Index
-
-        index = Ret2Index.open(args.index, args.model)
-    print(build_prompt(args.question, retrieve(index, args.question, args.image, args.k)))
-
-
-if __name__ == "__main__":
-    from ret2.cli import run_cli
-
-    run_cli(main)

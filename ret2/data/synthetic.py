@@ -14,7 +14,7 @@ also list the other dataset's did for the same entity among their positives.
 
 Usage::
 
-    ret2-synthetic --output-dir DIR --seed 0             (from a checkout: python -m ret2.data.synthetic ...)
+    ret2-synthetic --output-dir DIR --seed 0             (from a checkout: python -m ret2.commands.synthetic ...)
     ret2-synthetic --output-dir DIR --row-pool-size mbeir_webqa_task1_test=100000   # benchmark pool
 
 The same seed gives byte-identical files. Large pools reuse the per-scene image files (at most one PNG
@@ -34,8 +34,6 @@ from typing import Iterable, Mapping, NamedTuple
 
 from PIL import Image, ImageDraw
 from tqdm import tqdm
-
-from ret2.cli import ArgumentParser, run_cli
 
 from .m2kr import m2kr_dataset
 from .mbeir import (
@@ -433,31 +431,3 @@ def generate_mbeir(
         _write_m2kr(root / "m2kr", splits["test"], n_per_task, pool_size, rng, image_size)
         _write_marker(root / "m2kr", seed)
     return root
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`ret2-synthetic --output-dir DIR --seed N [...]`; prints the dataset root."""
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--output-dir", required=True, help="dataset root to write")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every drawn scene, query and pool")
-    parser.add_argument("--n-per-task", type=int, default=24, help="test queries per row")
-    parser.add_argument("--pool-size", type=int, default=80, help="candidates per local pool")
-    parser.add_argument("--n-train-per-task", type=int, default=48, help="training queries per row")
-    parser.add_argument("--row-pool-size", action="append", default=[], metavar="STEM=N",
-                        help="pool size of one test row, e.g. mbeir_webqa_task1_test=100000 (repeatable)")
-    parser.add_argument("--image-size", type=int, default=64, help="side of the drawn images, in pixels")
-    parser.add_argument("--no-m2kr", action="store_true", help="skip the ReT-M2KR copy under OUTPUT_DIR/m2kr")
-    args = parser.parse_args(argv)
-    row_pool_sizes = {}
-    for spec in args.row_pool_size:
-        stem, _, size = spec.partition("=")
-        if not size.isdigit():
-            parser.error(f"--row-pool-size expects STEM=N, got {spec!r}")
-        row_pool_sizes[stem] = int(size)
-    root = generate_mbeir(args.output_dir, args.seed, args.n_per_task, args.pool_size, args.n_train_per_task,
-                          row_pool_sizes, args.image_size, not args.no_m2kr, progress=True)
-    print(root)
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -24,51 +24,18 @@ import torch
 from transformers import TrainerCallback, TrainingArguments, set_seed
 
 from modeling_ret2 import Ret2Model, Ret2Processor
-from ret2.cli import ArgumentParser
 from ret2.data.mbeir import EVAL_ROWS, TRAIN_QUERIES
 from ret2.data.synthetic import generate_mbeir
-from ret2.distributed import available_cores
 from ret2.eval.encoder import EncodeOptions
 from ret2.eval.mbeir import chance_per_row, evaluate_mbeir
-from ret2.training.mining import MiningOptions
 from ret2.training.collator import ContrastiveCollator
-from ret2.training.train import DataArguments, ModelArguments, build_datasets, train
+from ret2.training.arguments import DataArguments, MiningOptions, ModelArguments
+from ret2.training.train import build_datasets, train
 
 from .baseline import ScoreFusionModel
 
 BASELINE = "score_fusion"  # the baseline's key in results, beside the ReT-2 variants' names
 POOLS = ("local", "global")
-
-
-def add_run_arguments(parser: ArgumentParser) -> None:
-    """The flags of one multi-seed run, shared by the demo and the ablation (`ret2.demo.ablation`)."""
-    parser.add_argument("--data-root", type=Path, help="an M-BEIR checkout (default: generate one per seed)")
-    parser.add_argument("--model", default="tiny",
-                        help="'tiny' (random init) or a CLIP/SigLIP checkpoint to start from")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2],
-                        help="seeds of the data, the init and the training; the pictures come from the first")
-    parser.add_argument("--jobs", type=int, help="seeds run at once, one process and one torch thread each "
-                        "(default: min(number of seeds, CPU cores))")  # fmt: skip
-    parser.add_argument("--num-train-epochs", type=float, default=4.0, help="training epochs (every model)")
-    parser.add_argument("--per-device-train-batch-size", type=int, default=32, help="training batch (every model)")
-    parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak learning rate (every model)")
-    parser.add_argument("--num-hard-negatives", type=int, default=3, help="hard negatives per query (neg_cand_list)")
-    parser.add_argument("--batch-size", type=int, default=64, help="items per model call when encoding")
-    parser.add_argument("--n-per-task", type=int, default=96,
-                        help="generated test queries per row (one query = 100/N points of a row's score)")
-    parser.add_argument("--pool-size", type=int, default=320, help="generated candidates per local test pool")
-    parser.add_argument("--n-train-per-task", type=int, default=160, help="generated training queries per row")
-
-
-def check_run_args(parser: ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
-    """Refuse repeated seeds and a non-positive `--jobs`; fill in the default `--jobs`."""
-    if len(set(args.seeds)) != len(args.seeds):
-        parser.error(f"--seeds {' '.join(map(str, args.seeds))} repeats a seed; give each once")
-    if args.jobs is None:
-        args.jobs = min(len(args.seeds), available_cores())
-    if args.jobs < 1:
-        parser.error(f"--jobs must be a positive integer, got {args.jobs}")
-    return args
 
 
 # The recipe's gate priors for the new ReT-2 (every variant): the input and forget gates start near open (sigmoid(2)

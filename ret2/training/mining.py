@@ -1,4 +1,4 @@
-"""Hard negatives mined with a model: `ret2-mine` (`python -m ret2.training.mining`) and `mine_hard_negatives`.
+"""Hard negatives mined with a model: `mine_hard_negatives` and `write_mined` (the command is `ret2-mine`).
 
     ret2-mine --model runs/demo/seed-42/ret2-model --data-root data/synthetic --output data/mined.jsonl \\
         --num-negatives 3 --range-min 2 --margin 0.05
@@ -22,12 +22,10 @@ part and writes the same file (the embeddings come from the same cache and the s
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
-import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,55 +34,20 @@ import torch
 from tqdm.auto import tqdm
 
 from ret2.cache import Pool, cache_folder, encode_pool, load_pool, write_atomic
-from ret2.cli import ArgumentParser, configure_logging, run_cli
 from ret2.encoding import Item, ItemList, encode_items
 from ret2.model import default_device, load_model_and_processor, model_fingerprint
 from ret2.jsonl import read_json_lines
+from ret2.options import TRAINING_FORMATS as FORMATS
 from ret2.search import gather_rows, search
+from ret2.training.arguments import MiningOptions
 
 if TYPE_CHECKING:
     from ret2.training.dataset import ContrastiveDataset
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("mbeir", "m2kr")
 NEGATIVE_FIELDS = {"mbeir": "neg_cand_list", "m2kr": "neg_passage_id"}  # where each format keeps a query's negatives
 MINING_VERSION = 1  # bump when what a part holds changes: stale parts are then mined again
-
-
-@dataclass(frozen=True)
-class MiningOptions:
-    """Which candidates become a query's negatives (see the module docstring).
-
-    Attributes:
-        num_negatives: negatives kept per query (fewer when the filters leave fewer).
-        range_min: skip the `range_min` best non-positive candidates.
-        range_max: look no deeper than this rank among the non-positive candidates.
-        margin: keep a candidate only if its score <= the query's lowest positive score - margin (None: off).
-        max_score: keep a candidate only if its score <= this (None: off).
-        same_modality: keep only candidates with the modality of one of the query's positives.
-    """
-
-    num_negatives: int = 3
-    range_min: int = 0
-    range_max: int = 50
-    margin: float | None = None
-    max_score: float | None = None
-    same_modality: bool = False
-
-    def __post_init__(self):
-        for name in ("num_negatives", "range_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if isinstance(self.range_min, bool) or not isinstance(self.range_min, int) or self.range_min < 0:
-            raise ValueError(f"range_min must be an integer >= 0, got {self.range_min!r}")
-        if self.range_max <= self.range_min:
-            raise ValueError(f"range_max ({self.range_max}) must be above range_min ({self.range_min})")
-        for name in ("margin", "max_score"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ValueError(f"{name} must be a number or None, got {value!r}")
 
 
 def modality(text: str | None, image: str | None) -> str:
@@ -227,75 +190,3 @@ def write_mined(source: str | Path, output: str | Path, mined: dict[str, list[st
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     write_atomic(Path(output), lambda f: f.write("".join(lines).encode("utf-8")))
     return len(lines)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, help="the ReT-2 model (folder or Hub id) that scores the pool")
-    parser.add_argument("--output", required=True, type=Path, help="the mined query file (jsonl) to write")
-    parser.add_argument("--format", choices=list(FORMATS), default="mbeir", help="training data format")
-    parser.add_argument("--data-root", type=Path, help="dataset root: relative paths and images resolve against it")
-    parser.add_argument("--train-queries", help="M-BEIR query jsonl (default: the root's union training file)")
-    parser.add_argument("--train-pool", help="M-BEIR candidate pool jsonl (default: the root's training pool)")
-    parser.add_argument("--m2kr-queries", help="ReT-M2KR query jsonl (--format m2kr)")
-    parser.add_argument("--m2kr-passages", help="ReT-M2KR passage jsonl (--format m2kr)")
-    parser.add_argument("--image-root", type=Path, help="root of image paths (default: --data-root)")
-    defaults = MiningOptions()
-    parser.add_argument("--num-negatives", type=int, default=defaults.num_negatives, help="negatives per query")
-    parser.add_argument("--range-min", type=int, default=defaults.range_min,
-                        help="skip this many best non-positive candidates")
-    parser.add_argument("--range-max", type=int, default=defaults.range_max,
-                        help="look no deeper than this rank among non-positive candidates")
-    parser.add_argument("--margin", type=float, help="keep candidates scoring <= lowest positive score - MARGIN "
-                        "(default: off)")  # fmt: skip
-    parser.add_argument("--max-score", type=float, help="keep candidates scoring <= MAX_SCORE (default: off)")
-    parser.add_argument("--same-modality", action="store_true",
-                        help="keep only candidates with the modality of one of the positives")
-    parser.add_argument("--batch-size", type=int, default=64, help="items per model call")
-    parser.add_argument("--part-size", type=int, default=10_000, help="queries per resumable part")
-    parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: OUTPUT.parts/cache)")
-    parser.add_argument("--device", help="cuda or cpu (default: cuda if available)")
-    parser.add_argument("--image-orientation", choices=["stored", "upright"], default="stored",
-                        help="how image files are read (docs/images.md)")
-    parser.add_argument("--keep-parts", action="store_true", help="keep OUTPUT.parts/ (and its cache) after writing")
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`ret2-mine`: mine, then write the query file with the mined negatives."""
-    args = parse_args(argv)
-    configure_logging()
-    options = MiningOptions(args.num_negatives, args.range_min, args.range_max, args.margin, args.max_score,
-                            args.same_modality)  # fmt: skip
-    from ret2.data.mbeir import TRAIN_QUERIES
-    from ret2.training.train import DataArguments, _path, build_datasets
-
-    data = DataArguments(
-        data_root=None if args.data_root is None else str(args.data_root), format=args.format,
-        train_queries=args.train_queries, train_pool=args.train_pool, m2kr_queries=args.m2kr_queries,
-        m2kr_passages=args.m2kr_passages,
-    )  # fmt: skip
-    dataset, _ = build_datasets(data, seed=0)
-    root = args.image_root or args.data_root
-    if root is None:
-        raise ValueError("give --data-root or --image-root: image paths in the data are relative to it")
-    if args.format == "mbeir":
-        source = _path(args.data_root, args.train_queries, TRAIN_QUERIES)
-    else:
-        source = _path(args.data_root, args.m2kr_queries)
-    parts = args.output.with_name(args.output.name + ".parts")
-    mined = mine_hard_negatives(
-        dataset, args.model, root, parts, options, batch_size=args.batch_size, part_size=args.part_size,
-        cache_dir=args.cache_dir, device=args.device, orientation=args.image_orientation,
-    )  # fmt: skip
-    count = write_mined(source, args.output, mined, args.format)
-    short = sum(len(negatives) < options.num_negatives for negatives in mined.values())
-    logger.info("wrote %s: %d queries, %d with fewer than %d negatives after the filters", args.output, count, short,
-                options.num_negatives)  # fmt: skip
-    if not args.keep_parts:
-        shutil.rmtree(parts)
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,19 +1,10 @@
-"""Fine-tune ReT-2 with the contrastive loss on M-BEIR or ReT-M2KR training data (Hugging Face Trainer).
+"""Fine-tune ReT-2 with the contrastive loss on M-BEIR or ReT-M2KR training data through the Hugging Face Trainer:
+`train(model_args, data_args, training_args)` (the command is `ret2-train`, `ret2.commands.train`).
 
-    ret2-train --model openai/clip-vit-base-patch32 --data-root /data/M-BEIR \\
-        --output-dir runs/ret2 --per-device-train-batch-size 64 --learning-rate 1e-4 --num-train-epochs 1
-
-(from a checkout: `python -m ret2.training.train ...`; every flag is accepted with dashes or underscores.)
-
-With `--data_root` alone it trains on M-BEIR's `query/union_train/mbeir_union_up_train.jsonl` against
-`cand_pool/global/mbeir_union_train_cand_pool.jsonl`, with the instructions of `instructions/query_instructions.tsv`
-when the root has it. `--model` is a ReT-2 folder or Hub id (continue training), a CLIP or SigLIP
-checkpoint (a new ReT-2 on its towers), or `tiny` (a small random model over the words of the training data, for
-tests and demos). Every TrainingArguments flag applies (`--bf16`, `--gradient_checkpointing`,
-`--resume_from_checkpoint DIR`, `--eval_strategy steps`, ...). The same command runs under
-`torchrun --nproc_per_node N -m ret2.training.train ...` and `accelerate launch -m ret2.training.train ...`.
-
-Checkpoints and the output folder load with `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
+The arguments are `ret2.training.arguments.ModelArguments` / `DataArguments` and transformers' `TrainingArguments`.
+`model_args.model` is a ReT-2 folder or Hub id (continue training), a CLIP or SigLIP checkpoint (a new ReT-2 on its
+towers), or `tiny` (a small random model over the words of the training data, for tests and demos). Checkpoints and the
+output folder load with `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
 `AutoProcessor.from_pretrained(folder, trust_remote_code=True)`.
 """
 
@@ -22,16 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import torch
 from peft import PeftModel
 from transformers import (
     AutoImageProcessor,
     AutoTokenizer,
-    HfArgumentParser,
     PreTrainedConfig,
     TrainerCallback,
     TrainingArguments,
@@ -39,55 +27,23 @@ from transformers import (
 )
 from transformers.training_args import ParallelMode
 
-from ret2.cli import TRACEBACK_FLAG, HelpFormatter, command_name, run_cli
-from ret2.data.images import IMAGE_ORIENTATIONS
 from ret2.model import check_model_source
-from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, TRAIN_QUERIES, load_instructions
+from ret2.options import TRAINING_FORMATS as FORMATS
+from ret2.data.mbeir import DEFAULT_INSTRUCTIONS, INSTRUCTIONS, TRAIN_POOL, load_instructions
 from configuration_ret2.configuration_ret2 import FIELD_RULES
 from modeling_ret2 import Ret2Model, Ret2Processor
 
 from .collator import ContrastiveCollator
 from .dataset import (
-    FORMATS, ContrastiveDataset, StreamingContrastiveDataset, m2kr_training_sets, mbeir_training_sets,
+    ContrastiveDataset, StreamingContrastiveDataset, m2kr_training_sets, mbeir_training_sets,
 )  # fmt: skip
-from .lora import DEFAULT_LORA_TARGETS, apply_lora
+from .arguments import DataArguments, ModelArguments, data_path
+from .lora import apply_lora
 from .loss import ContrastiveLoss, MatryoshkaLoss
 from ret2.tiny import tiny_model_and_processor, words_of
 
 if TYPE_CHECKING:
     from .trainer import ContrastiveTrainer
-
-
-@dataclass
-class ModelArguments:
-    model: str = field(
-        metadata={"help": "A ReT-2 folder or Hub id, a CLIP / SigLIP checkpoint (new ReT-2 on its towers), or `tiny`."}
-    )
-    freeze_text_tower: bool = field(default=False, metadata={"help": "Freeze the text tower."})
-    freeze_vision_tower: bool = field(default=False, metadata={"help": "Freeze the vision tower."})
-    lora_r: int = field(default=0, metadata={"help": "Rank of LoRA adapters on the towers; 0 = no LoRA."})
-    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (scale = alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA inputs."})
-    lora_target_modules: str = field(
-        default=DEFAULT_LORA_TARGETS, metadata={"help": "Regex over module names that get LoRA adapters."}
-    )
-    merge_lora: bool = field(
-        default=False,
-        metadata={"help": "Save the final model merged only, without the unmerged LoRA state used to resume."},
-    )
-    max_length: int | None = field(default=None, metadata={"help": "Truncate texts to this many tokens."})
-    matryoshka_dims: list[int] | None = field(
-        default=None,
-        metadata={"help": "Matryoshka sizes, e.g. `--matryoshka_dims 768 256 64`: the loss is summed over these "
-                  "prefixes of the embedding (each re-normalised); recorded in the model's config "
-                  "(`matryoshka_dims`). Default: the sizes a ReT-2 `--model` was trained for, else the full "
-                  "embedding only."},
-    )  # fmt: skip
-    config_overrides: str = field(
-        default="",
-        metadata={"help": "Ret2Config fields of a new model, `key=value,key=value` (e.g. `gated=false,recurrent=false,"
-                  "text_layer_ids=[3]`); refused for a ReT-2 folder whose saved values differ."},
-    )  # fmt: skip
 
 
 # Fields a flag of their own sets, and sub-configs, which a `key=value` string cannot spell.
@@ -140,46 +96,6 @@ def parse_config_overrides(text: str) -> dict[str, object]:
     return overrides
 
 
-@dataclass
-class DataArguments:
-    data_root: str | None = field(
-        default=None,
-        metadata={"help": "Dataset root: image paths and relative data paths are resolved against it. Alone, it "
-                  "selects the M-BEIR union training files at their standard paths."},
-    )  # fmt: skip
-    format: str = field(default="mbeir", metadata={"help": f"Training data format, one of {list(FORMATS)}."})
-    train_queries: str | None = field(default=None, metadata={"help": "M-BEIR training query jsonl."})
-    train_pool: str | None = field(default=None, metadata={"help": "M-BEIR candidate pool jsonl of those queries."})
-    m2kr_queries: str | None = field(default=None, metadata={"help": "ReT-M2KR training query jsonl."})
-    m2kr_passages: str | None = field(default=None, metadata={"help": "ReT-M2KR passage jsonl."})
-    image_root: str | None = field(default=None, metadata={"help": "Root of image paths (default: --data_root)."})
-    instructions: str | None = field(
-        default=None, metadata={"help": "M-BEIR query_instructions.tsv (default: the root's, else built-in prompts)."}
-    )
-    eval_queries: str | None = field(default=None, metadata={"help": "Query file to evaluate on (same format)."})
-    eval_fraction: float = field(default=0.0, metadata={"help": "Hold out this fraction of the training queries."})
-    num_hard_negatives: int = field(default=0, metadata={"help": "Hard negatives per query (from neg_cand_list)."})
-    num_positives: int = field(
-        default=1,
-        metadata={"help": "Positives per query in each step (> 1: multi-positive InfoNCE over them and every in-batch "
-                  "document that is one of the query's positives; docs/fine-tuning.md)."},
-    )  # fmt: skip
-    streaming: bool = field(default=False, metadata={"help": "Stream the query file (M-BEIR); needs --max_steps."})
-    image_orientation: str = field(
-        default="stored",
-        metadata={"help": "How image files are read: stored (EXIF orientation not applied, as the benchmarks read "
-                  "images) or upright (docs/images.md).", "choices": list(IMAGE_ORIENTATIONS)},
-    )  # fmt: skip
-    shuffle_buffer: int = field(default=10_000, metadata={"help": "Shuffle buffer of a streamed query file."})
-    dataset_cache_dir: str | None = field(default=None, metadata={"help": "Where `datasets` caches its Arrow files."})
-
-
-def _path(root: Path | None, path: str | None, default: str | None = None) -> Path | None:
-    if path is None:
-        return root / default if root is not None and default is not None else None
-    return root / path if root is not None else Path(path)
-
-
 def build_datasets(
     args: DataArguments, seed: int
 ) -> tuple[ContrastiveDataset | StreamingContrastiveDataset, ContrastiveDataset | None]:
@@ -190,23 +106,23 @@ def build_datasets(
     common = dict(eval_fraction=args.eval_fraction, num_hard_negatives=args.num_hard_negatives, seed=seed,
                   num_positives=args.num_positives)  # fmt: skip
     if args.format == "m2kr":
-        queries, passages = _path(root, args.m2kr_queries), _path(root, args.m2kr_passages)
+        queries, passages = data_path(root, args.m2kr_queries), data_path(root, args.m2kr_passages)
         if queries is None or passages is None:
             raise ValueError("--format m2kr needs --m2kr_queries and --m2kr_passages")
         if args.streaming:
             raise ValueError("--streaming reads M-BEIR query files only; ReT-M2KR files are read whole")
-        return m2kr_training_sets(queries, passages, _path(root, args.eval_queries), **common)
-    queries, pool = _path(root, args.train_queries, TRAIN_QUERIES), _path(root, args.train_pool, TRAIN_POOL)
+        return m2kr_training_sets(queries, passages, data_path(root, args.eval_queries), **common)
+    queries, pool = args.query_file(), data_path(root, args.train_pool, TRAIN_POOL)
     if queries is None or pool is None:
         raise ValueError("give --data_root, or both --train_queries and --train_pool")
-    instructions = _path(root, args.instructions, INSTRUCTIONS)
+    instructions = data_path(root, args.instructions, INSTRUCTIONS)
     if args.instructions is None and (instructions is None or not instructions.is_file()):
         instructions = None
     return mbeir_training_sets(
         queries,
         pool,
         load_instructions(instructions) if instructions is not None else DEFAULT_INSTRUCTIONS,
-        eval_queries=_path(root, args.eval_queries),
+        eval_queries=data_path(root, args.eval_queries),
         streaming=args.streaming,
         cache_dir=args.dataset_cache_dir,
         shuffle_buffer=args.shuffle_buffer if args.streaming else 0,
@@ -311,21 +227,3 @@ def train(
     trainer.save_model()
     trainer.save_state()
     return trainer
-
-
-def main(argv: list[str] | None = None) -> ContrastiveTrainer:
-    """`ret2-train`: parse the arguments (see the module docstring and `--help`) and `train`."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
-        # Without this (or --use_cpu), accelerate leaves CPU processes undistributed: each trains its own model.
-        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, TrainingArguments), prog=command_name(), description=__doc__,
-        formatter_class=HelpFormatter,
-    )  # fmt: skip
-    parser.add_argument(TRACEBACK_FLAG, action="store_true", help="on an error, show the full traceback")
-    model_args, data_args, training_args, *_ = parser.parse_args_into_dataclasses(args=argv)
-    return train(model_args, data_args, training_args)
-
-
-if __name__ == "__main__":
-    run_cli(main)

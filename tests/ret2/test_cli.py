@@ -9,21 +9,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import COMMANDS as INSTALLED
 from conftest import REPO
 
 from ret2.distributed import default_num_workers
 
-COMMANDS = ["ret2.eval.mbeir", "ret2.eval.m2kr", "ret2.training.train", "ret2.training.mining", "ret2.index", "ret2.rag",
-            "ret2.data.synthetic", "ret2.conversion", "ret2.publish", "ret2.demo", "ret2.demo.ablation",
-            "ret2.demo.matryoshka", "ret2.bench",
-            "ret2.bench.train_tiny", "ret2.bench.eval_pool", "ret2.bench.profile", "ret2.bench.encode_raw",
-            "ret2.bench.search_index", "ret2.bench.sorting", "ret2.serve", "ret2.bench.serve", "ret2.bench.trec_agreement"]  # fmt: skip
+# Every installed command (`ret2.commands.<name>`), then the scripts of the demo and the benchmarks (`python -m ...`).
+COMMANDS = sorted(INSTALLED.values()) + [
+    "ret2.demo.ablation", "ret2.demo.matryoshka", "ret2.bench.train_tiny", "ret2.bench.eval_pool", "ret2.bench.profile",
+    "ret2.bench.encode_raw", "ret2.bench.search_index", "ret2.bench.sorting", "ret2.bench.serve",
+    "ret2.bench.trec_agreement", "ret2.bench.help_time", "ret2.bench.index_engines", "ret2.bench.filtered_search",
+]  # fmt: skip
 
 
 def command_main(module: str):
-    """The `main` of a command module; a command that is a package runs its `__main__`."""
-    packages = ("ret2.demo", "ret2.bench", "ret2.index", "ret2.serve")
-    return importlib.import_module(f"{module}.__main__" if module in packages else module).main
+    return importlib.import_module(module).main
 
 
 @pytest.mark.parametrize("module", COMMANDS)

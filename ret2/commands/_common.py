@@ -9,7 +9,6 @@ traceback instead. Work already finished (cache shards, checkpoints, written fil
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -97,25 +96,3 @@ def run_cli(main: Callable[[list[str] | None], object], argv: Sequence[str] | No
         print(f"{command_name()}: error: {message} (rerun with {TRACEBACK_FLAG} for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
-
-
-def _command(module: str) -> Callable[[], None]:
-    def run() -> None:
-        run_cli(importlib.import_module(module).main)
-
-    run.__doc__ = f"The installed command for `{module}.main`."
-    return run
-
-
-# The installed console commands (pyproject's [project.scripts]).
-eval_mbeir = _command("ret2.eval.mbeir")
-eval_m2kr = _command("ret2.eval.m2kr")
-train = _command("ret2.training.train")
-synthetic = _command("ret2.data.synthetic")
-convert_ret1 = _command("ret2.conversion")
-publish = _command("ret2.publish")
-demo = _command("ret2.demo.__main__")
-bench = _command("ret2.bench.__main__")
-index = _command("ret2.index.__main__")
-serve = _command("ret2.serve.__main__")
-mine = _command("ret2.training.mining")
