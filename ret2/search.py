@@ -39,12 +39,11 @@ import torch
 
 from modeling_ret2 import similarity
 
+# what the exact scan runs on, what it reads, how many candidates quantized codes leave for fp16 rescoring
+from .options import BACKENDS, PRECISIONS, RESCORE_MULTIPLIER  # noqa: F401 - light names the commands list
+
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "faiss", "torch")
-PRECISIONS = ("fp16", "int8", "binary")  # what the scan reads: the stored vectors, int8 codes or sign bits
-RESCORE_MULTIPLIER = 10  # quantized search rescores the best rescore_multiplier * k candidates from the fp16 vectors:
-# binary codes need 10 to keep 0.98 of fp16 quality (docs/benchmarks.md#quality-retained-trained-models-3-seeds)
 _MARGIN = 16  # extra candidates kept by the scan: engines disagree by ~1e-7 on near-ties at the k-th place
 _BLOCK = 1 << 25  # score-matrix elements per step of the scan (128 MB in fp32)
 EXACT_FILTER_ROWS = 20_000  # approximate engines scan the allowed rows exactly when a filter keeps at most this many
@@ -390,26 +389,30 @@ def _fill_short(scores: np.ndarray, ids: np.ndarray, exact) -> tuple[np.ndarray,
 
 
 def build_ivfpq(shards: Sequence[np.ndarray], nlist: int = 1024, m: int = 96, train_size: int = 65_536,
-                block: int = 100_000):
+                block: int = 100_000, nbits: int = 8):
     """A FAISS `IndexIVFPQ` (inner product) over single-vector documents (n_i, D) in shards, in order: `nlist` k-means
-    cells, each document stored as `m` bytes of product-quantized residual (+ its 8-byte id), the coarse centroids and
-    the codebooks trained on `train_size` documents spread evenly over the collection. Search it with
-    `search_quantized` (set `index.nprobe`, the cells visited per query, first): its best `rescore_multiplier * k`
-    candidates are rescored from the fp16 vectors. D must be a multiple of `m`."""
+    cells, each document stored as `m` codes of `nbits` bits (`m` bytes at 8 bits) of product-quantized residual (+ its
+    8-byte id), the coarse centroids and the codebooks trained on `train_size` documents spread evenly over the
+    collection (at least 2 ** nbits of them). Search it with `search_quantized` (set `index.nprobe`, the cells visited
+    per query, first): its best `rescore_multiplier * k` candidates are rescored from the fp16 vectors. D must be a
+    multiple of `m`."""
     faiss = _faiss()
     if faiss is None:
         raise ValueError("approximate search needs faiss (pip install faiss-cpu)")
     shards = _single_vector_shards(shards, "IVF-PQ")
     dim, total = shards[0].shape[1], sum(len(s) for s in shards)
-    for name, value in (("nlist", nlist), ("m", m), ("train_size", train_size)):
+    for name, value in (("nlist", nlist), ("m", m), ("train_size", train_size), ("nbits", nbits)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if dim % m:
         raise ValueError(f"m={m} must divide the embedding width {dim}")
     if total < nlist:
         raise ValueError(f"nlist={nlist} cells need at least as many documents; the collection holds {total}")
+    if min(train_size, total) < 2**nbits:
+        raise ValueError(f"nbits={nbits} codebooks of {2**nbits} entries need at least as many training documents; "
+                         f"there are {min(train_size, total)}: lower nbits")  # fmt: skip
     rows = np.linspace(0, total - 1, min(train_size, total)).astype(np.int64)
-    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
     index.train(unit_rows(gather_rows(shards, rows)))
     for rows in _blocks(shards, block):
         index.add(rows)

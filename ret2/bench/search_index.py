@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ret2.cli import ArgumentParser, configure_logging, run_cli
+from ret2.commands._common import ArgumentParser, configure_logging, run_cli
 from ret2.cache import SHARD_SIZE
 from ret2.search import (RESCORE_MULTIPLIER, build_hnsw, build_ivfpq, build_quantized, recall_at_k, search, search_hnsw,
                          search_quantized)

@@ -17,11 +17,16 @@ killed build resumes from the last finished shard when the same command runs aga
 model's config. An index opened with a model whose files differ from the one that built it refuses to search.
 
 Search is exact by default (`ret2.search.search`, the function `eval.mbeir` and `eval.m2kr` rank with), for single
-vectors (ReT-2) and multi-vector late interaction (ReT-1 mode, `pooling="none"`). `build_approximate` adds a FAISS HNSW
-index for collections in the millions and measures its recall@10 against the exact search; `to_milvus` copies the
-embeddings into a Milvus collection (a Milvus Lite file or a server URI), searched with `engine="milvus"`.
+vectors (ReT-2) and multi-vector late interaction (ReT-1 mode, `pooling="none"`). `build_approximate` adds a FAISS
+index for collections in the millions, IVF-PQ (`kind="ivfpq"`: codes of a fraction of the fp16 vectors' bytes, the
+best candidates rescored from them) or HNSW, and measures its recall@10 against the exact search; `to_milvus` copies
+the documents into a Milvus collection (a Milvus Lite file or a server URI), searched with `engine="milvus"`.
 
-The command line is `ret2-index` (`python -m ret2.index`, in `ret2/index/__main__.py`): build, add, search, info,
+The code: the folder (manifest, parts, records, ids, atomic writes) is `ret2.index.storage`, chunking
+`ret2.index.chunking`, each search engine a class of `ret2.index.engines` (exact, int8 / binary codes, HNSW, IVF-PQ,
+Milvus) with one interface; `Ret2Index` (`ret2.index.ret2_index`) composes them.
+
+The command line is `ret2-index` (`python -m ret2.index`, in `ret2/commands/index.py`): build, add, search, info,
 approximate, milvus, train.
 """
 
@@ -33,7 +38,7 @@ from typing import Any
 ENGINES = ("exact", "approximate", "milvus")  # what `Ret2Index.search` searches with
 
 # name -> the module that defines it, imported on first use: the command line's --help stays light
-_EXPORTS = {"Hit": "ret2.index.ret2_index", "Ret2Index": "ret2.index.ret2_index", "index_info": "ret2.index.ret2_index"}
+_EXPORTS = {"Hit": "ret2.index.ret2_index", "Ret2Index": "ret2.index.ret2_index", "index_info": "ret2.index.storage"}
 
 __all__ = ["ENGINES", *sorted(_EXPORTS)]
 

@@ -201,20 +201,22 @@ def _literal(value: Any) -> str:
 
 
 def to_milvus(where: dict, field: str = "metadata") -> str:
-    """A Milvus boolean expression of `where` over the JSON field `field` (`metadata["album"] == "trip"`), with the
-    semantics of `to_arrow`: `$ne` / `$nin` hold only where the key exists."""
+    """A Milvus boolean expression of `where` over the JSON field `field` (`exists metadata["album"] and
+    metadata["album"] == "trip"`), with the semantics of `to_arrow`: a comparison holds only where the key exists."""
     check_filter(where)
 
     def leaf(key: str, op: str, value: Any) -> str:
         path = f"{field}[{json.dumps(key)}]"
         if op == "$exists":
             return f"exists {path}" if value else f"not (exists {path})"
-        if op in MEMBERSHIP:
-            values = "[" + ", ".join(_literal(v) for v in value) + "]"
-            test = f"{path} in {values}" if op == "$in" else f"{path} not in {values}"
+        if op in MEMBERSHIP:  # equalities: Milvus (Lite 3.2) takes `in` on a scalar field only, not on a JSON key
+            equal = " or ".join(f"{path} == {_literal(v)}" for v in value)
+            test = f"({equal})" if op == "$in" else f"not ({equal})"
         else:
             test = f"{path} {_MILVUS[op]} {_literal(value)}"
-        return f"(exists {path} and {test})" if op in ("$ne", "$nin") else f"({test})"
+        # two-valued like the Arrow filter: Milvus gives a comparison on a missing key null, and `not null` is null
+        # (no match), where a document without the field must match `$not` of a comparison on it
+        return f"(exists {path} and {test})"
 
     def node(where: dict) -> str:
         parts = []

@@ -1,8 +1,9 @@
-"""`Ret2Index` and `Hit`: see the package docstring (`ret2.index`)."""
+"""`Ret2Index` and `Hit`: see the package docstring (`ret2.index`). The index composes its folder
+(`ret2.index.storage`), its chunking (`ret2.index.chunking`) and its search engines (`ret2.index.engines`)."""
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import logging
 import os
@@ -14,25 +15,29 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ret2.cache import SHARD_SIZE, Embeddings, Pool, cache_folder, encode_pool, load_pool, write_atomic
-from ret2.data.images import check_orientation
 from configuration_ret2 import Ret2Config
-from ret2.encoding import DTYPES, Item, truncate_array
-from ret2.model import default_device, load_model_and_processor, model_config, model_fingerprint, text_limit
+from ret2.cache import SHARD_SIZE, Embeddings
+from ret2.data.images import check_orientation, find_unreadable
+from ret2.encoding import DTYPES, truncate_array
 from ret2.index import ENGINES
+from ret2.index.chunking import check_chunk_arguments, chunk_records, chunking_settings
+from ret2.index.engines import APPROXIMATE, ExactEngine, MilvusEngine, QuantizedEngine
+from ret2.index.filters import check_filter
+from ret2.index.hybrid import rrf, weighted
+from ret2.index.metadata import select
+from ret2.index.storage import INDEX_FILE, INDEX_FORMAT, INDEX_VERSION, Storage, index_info, read_meta
+from ret2.model import default_device, load_model_and_processor, model_config, model_fingerprint
+from ret2.options import FUSIONS, SEARCH_MODES
 from ret2.records import Records, read_records
-from ret2.search import (BACKENDS, RESCORE_MULTIPLIER, build_hnsw, build_quantized, check_precision, recall_at_k,
-                         search_hnsw, search_quantized, unit_rows)
-from ret2.search import search as exact_search
+from ret2.search import BACKENDS, RESCORE_MULTIPLIER, check_precision, recall_at_k
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE = "index.json"
-INDEX_FORMAT = "ret2-index"
-INDEX_VERSION = 2  # 2: each part has its own image root, the image orientation rule is kept; the cache is keyed by
-# the parts' content (not mtimes) and that rule
-APPROXIMATE_FILE = "approximate.faiss"
-QUANTIZED_FILE = "quantized.faiss"  # the int8 or binary codes of an index built with that precision
+ON_BAD_IMAGE = ("skip", "stop")  # what an unreadable image file does to `build` / `add`
+SKIPPED_FILE = "skipped.jsonl"  # the documents left out for an unreadable image: id, image path, why, part
+KEYWORD_FOLDER = "keyword"  # the BM25 index of the rows' texts (bm25s)
+
+__all__ = ["Hit", "Ret2Index", "index_info"]
 
 
 @dataclass
@@ -51,83 +56,6 @@ class Hit:
     chunk: int | None = None  # in an index of chunked documents: the number of the best chunk, whose text `text` is
 
 
-# ----------------------------------------------------------------------------- parts: records + cached embeddings
-
-
-class _Part:
-    """The records of one `build` / `add`, in a jsonl file read by byte offset (no copy of them in memory).
-
-    Also the pool's `ItemLoader` (picklable: DataLoader workers call it)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        data = path.read_bytes()
-        ends = np.flatnonzero(np.frombuffer(data, np.uint8) == ord("\n")) + 1
-        self.offsets = np.concatenate([[0], ends]).astype(np.int64)  # line i is data[offsets[i]:offsets[i + 1]]
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def records(self, start: int, stop: int) -> list[dict]:
-        with open(self.path, "rb") as f:
-            f.seek(self.offsets[start])
-            block = f.read(self.offsets[stop] - self.offsets[start])
-        return [json.loads(line) for line in block.splitlines()]
-
-    def __call__(self, start: int, stop: int) -> list[Item]:
-        return [Item(r["id"], r["text"], r["image"], str(self.path), start + i)
-                for i, r in enumerate(self.records(start, stop))]  # fmt: skip
-
-    def ids(self) -> list[str]:
-        return [r["id"] for r in self.records(0, len(self))]
-
-
-def split_text(tokenizer, text: str, size: int, overlap: int) -> list[str]:
-    """`text` cut on token boundaries into windows of `size` tokens, each starting `size - overlap` tokens after the
-    previous one (the last may be shorter); a text of at most `size` tokens is one chunk. Each chunk is the exact
-    span of the original text its tokens cover (whitespace and case kept)."""
-    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)["offset_mapping"]
-    if len(offsets) <= size:
-        return [text]
-    chunks = []
-    for start in range(0, len(offsets), size - overlap):
-        window = offsets[start : start + size]
-        chunks.append(text[window[0][0] : window[-1][1]])
-        if start + size >= len(offsets):
-            break
-    return chunks
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-# ----------------------------------------------------------------------------- the index
-
-
-def _read_meta(folder: Path) -> dict:
-    meta_path = folder / INDEX_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{folder} is not a ret2 index: no {INDEX_FILE}")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{meta_path}: not a {INDEX_FORMAT} file")
-    if meta.get("version") != INDEX_VERSION:
-        raise ValueError(f"{meta_path}: an index of format version {meta.get('version')}, this ret2 reads version "
-                         f"{INDEX_VERSION}; build it again (ret2-index build) from its documents")  # fmt: skip
-    return meta
-
-
-def index_info(folder: str | Path) -> dict:
-    """What the index at `folder` holds (documents, parts, model, settings, approximate index, Milvus collection),
-    read from its `index.json` without loading the model."""
-    meta = _read_meta(Path(folder))
-    documents = sum(p.get("documents", p["count"]) for p in meta["parts"] if p["complete"])
-    rows = sum(p["count"] for p in meta["parts"] if p["complete"])  # chunks, in an index of chunked documents
-    return {"folder": str(folder), "documents": documents, "rows": rows, **{k: meta[k] for k in ("model", "config",
-            "parts", "approximate", "milvus")}}  # fmt: skip
-
-
 class Ret2Index:
     """A searchable folder of documents encoded by one ReT-2 model (see the module docstring).
 
@@ -135,11 +63,36 @@ class Ret2Index:
     """
 
     def __init__(self, folder: Path, meta: dict, model: torch.nn.Module, processor, device: torch.device):
-        self.folder, self.meta, self.model, self.processor, self.device = folder, meta, model, processor, device
-        self._embeddings: Embeddings | None = None
-        self._parts: list[tuple[_Part, Path]] | None = None  # each complete part's records and image root
-        self._approximate = None
-        self._quantized: dict = {}  # precision -> FAISS index of the codes (the built one is read from QUANTIZED_FILE)
+        self.folder, self.model, self.processor, self.device = folder, model, processor, device
+        self.storage = Storage(folder, meta)
+        self._embeddings = None  # the searched embeddings (`embeddings()`), loaded on first use
+        self._engines: dict = {}  # "exact", "approximate", "milvus", or a precision -> its engine, loaded on first use
+
+    @property
+    def meta(self) -> dict:
+        """The index's manifest (`index.json`)."""
+        return self.storage.meta
+
+    def _forget(self) -> None:
+        self._embeddings, self._engines = None, {}
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Hold the index's write lock (`Storage.writer`); what was read from an older manifest is dropped."""
+        before = self.storage.revision
+        with self.storage.writer():
+            if self.storage.revision != before:
+                self._forget()
+            yield
+
+    def refresh(self) -> bool:
+        """Follow writes made by other processes: if the manifest has a newer revision, read it (new documents, a new
+        approximate index, ...) and return True. `search` calls it first (one `stat` when nothing changed)."""
+        if not self.storage.changed():
+            return False
+        self.storage.reload()
+        self._forget()
+        return True
 
     # ------------------------------------------------------------------ creating and opening
 
@@ -163,6 +116,8 @@ class Ret2Index:
         truncate_dim: int | None = None,
         chunk_size: int | str | None = None,
         chunk_overlap: int = 0,
+        embeddings: np.ndarray | None = None,
+        on_bad_image: str = "skip",
     ) -> Ret2Index:
         """Encode the documents of `source` (see `read_records`) with `model` (a ReT-2 folder or Hub id) into a new
         index at `folder`. Run again after an interruption, it resumes from the last finished shard.
@@ -192,6 +147,13 @@ class Ret2Index:
                 limit. Default: no chunks (texts beyond the tokenizer's limit are truncated, with a count in the
                 log).
             chunk_overlap: tokens shared by consecutive chunks (< chunk_size).
+            embeddings: the documents' embeddings, (N, D) or (N, K, D) in source order, computed elsewhere by this
+                same model (e.g. by many machines, or kept from an earlier run): stored as given instead of encoded.
+                Not with chunk_size.
+            on_bad_image: what an image file that cannot be read (empty, truncated or corrupt, not an image) does:
+                "skip" (its document is left out; every such file is found in one pass before encoding, logged, and
+                listed in the index folder's `skipped.jsonl`, the count in the part's `skipped`) or "stop" (nothing is
+                added; the error lists them all). A missing image file is always an error, named by its record.
         """
         folder = Path(folder)
         if dtype not in DTYPES:
@@ -200,17 +162,12 @@ class Ret2Index:
             raise ValueError(f"shard_size must be a positive integer, got {shard_size!r}")
         check_orientation(image_orientation)
         check_precision(precision)
-        if chunk_size not in (None, "auto") and (
-            isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-        ):
-            raise ValueError(f"chunk_size must be a positive integer, 'auto' or None, got {chunk_size!r}")
-        if isinstance(chunk_overlap, bool) or not isinstance(chunk_overlap, int) or chunk_overlap < 0:
-            raise ValueError(f"chunk_overlap must be an integer >= 0, got {chunk_overlap!r}")
+        check_chunk_arguments(chunk_size, chunk_overlap)
+        _check_on_bad_image(on_bad_image)
         records, root = read_records(source, image_root, id_field, text_field, image_field)
-        meta_path = folder / INDEX_FILE
-        if meta_path.exists():
-            meta = _read_meta(folder)
-            if meta["parts"][1:] or meta["parts"][0]["complete"]:
+        if (folder / INDEX_FILE).exists():
+            meta = read_meta(folder)
+            if meta["parts"] and (meta["parts"][1:] or meta["parts"][0]["complete"]):
                 raise FileExistsError(f"{folder} already holds an index; open it and call add(), or pick a new folder")
         else:
             if folder.exists() and any(folder.iterdir()):
@@ -221,7 +178,9 @@ class Ret2Index:
                 raise ValueError(f"precision {precision!r} needs single-vector embeddings; this model is multi-vector "
                                  "(pooling='none', ReT-1 mode), searched exactly: use precision='fp16'")
             Ret2Config.from_dict(config).check_truncate_dim(truncate_dim)  # so does a bad truncate_dim
-            chunking = None if chunk_size is None else _chunking(str(model), chunk_size, chunk_overlap)
+            if embeddings is not None:  # and embeddings that do not fit
+                _check_embeddings(embeddings, len(records), Ret2Config.from_dict(config).embedding_dim, chunk_size)
+            chunking = None if chunk_size is None else chunking_settings(str(model), chunk_size, chunk_overlap)
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
@@ -234,14 +193,15 @@ class Ret2Index:
                 "parts": [], "approximate": None, "milvus": None,
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
-        index._add_records(records, root, num_workers)
+        with index._writing():
+            index._add_records(records, root, num_workers, embeddings, on_bad_image)
         return index
 
     @classmethod
     def open(cls, folder: str | Path, model: str | Path | None = None, device: str | None = None) -> Ret2Index:
         """The index at `folder`, with its model loaded (`model`: the same model at another path or Hub id; default:
         the name or path stored at build). Refuses a model whose files differ from the one that built the index."""
-        meta = _read_meta(Path(folder))
+        meta = read_meta(Path(folder))
         return cls._load(Path(folder), meta, model or meta["model"]["name_or_path"], device)
 
     @classmethod
@@ -257,9 +217,6 @@ class Ret2Index:
         device = torch.device(device or default_device())
         net, processor = load_model_and_processor(str(model), device, DTYPES[meta["config"]["dtype"]])
         return cls(folder, meta, net, processor, device)
-
-    def _save(self) -> None:
-        write_atomic(self.folder / INDEX_FILE, lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
 
     @property
     def multi_vector(self) -> bool:
@@ -286,34 +243,29 @@ class Ret2Index:
         """The embedding size searched (documents and queries truncated, re-normalised), chosen at build; None: full."""
         return self.meta["config"].get("truncate_dim")  # indexes built before the option hold full embeddings
 
+    @property
+    def chunking(self) -> dict | None:
+        """{"size", "overlap"} in tokens when documents are split into chunks (`build`'s chunk_size), else None."""
+        return self.meta["config"].get("chunking")
+
     def _truncated(self, shards: list[np.ndarray]) -> list[np.ndarray]:
         """Cached (full) embeddings as searched: their `truncate_dim` prefixes, re-normalised (in memory)."""
         return shards if self.truncate_dim is None else [truncate_array(s, self.truncate_dim) for s in shards]
 
     def __len__(self) -> int:
         """The rows searched: documents, or their chunks in an index built with `chunk_size` (see `documents`)."""
-        return sum(p["count"] for p in self.meta["parts"] if p["complete"])
+        return len(self.storage)
 
     @property
     def documents(self) -> int:
         """The documents added (each counted once, however many chunks it has)."""
-        return sum(p.get("documents", p["count"]) for p in self.meta["parts"] if p["complete"])
+        return self.storage.documents
 
     def info(self) -> dict:
         """What the index holds: documents, parts, model, settings, approximate index and Milvus collection."""
         return index_info(self.folder)
 
     # ------------------------------------------------------------------ adding documents
-
-    def _pool(self, part: dict) -> Pool:
-        path = self.folder / "parts" / f"{part['name']}.jsonl"
-        loader = _Part(path)
-        return Pool(part["name"], loader.ids(), loader, (path,), digest=part["sha256"])
-
-    def _cache(self, pool: Pool) -> Path:
-        config = self.meta["config"]
-        return cache_folder(self.folder / "cache", pool, self.meta["model"]["fingerprint"], DTYPES[config["dtype"]],
-                            config["shard_size"], orientation=self.image_orientation)  # fmt: skip
 
     def add(
         self,
@@ -323,109 +275,146 @@ class Ret2Index:
         text_field: str = "text",
         image_field: str = "image",
         image_root: str | Path | None = None,
+        on_bad_image: str = "skip",
     ) -> int:
-        """Encode more documents (see `read_records`) into the index as a new part; returns how many were added.
+        """Encode more documents (see `read_records`) into the index as a new part; returns how many were added
+        (unreadable images: `on_bad_image`, as for `build`).
         Image paths are relative to `image_root`, by default as for `build`: a `.jsonl` / `.csv` file's folder, the
         folder of a folder of images, and for in-memory records the index's image root. Ids already in the index are
-        refused. An interrupted `add` of the same documents resumes; one of other documents is discarded."""
+        refused. An interrupted `add` of the same documents resumes; one of other documents is discarded. The
+        approximate index, the int8 / binary codes and the Milvus collection follow."""
         if image_root is None and not isinstance(source, (str, os.PathLike)):
             image_root = self.image_root
+        _check_on_bad_image(on_bad_image)
         records, root = read_records(source, image_root, id_field, text_field, image_field)
-        return self._add_records(records, root, num_workers)
+        with self._writing():  # one writer at a time; on the newest manifest
+            return self._add_records(records, root, num_workers, on_bad_image=on_bad_image)
 
-    @property
-    def chunking(self) -> dict | None:
-        """{"size", "overlap"} in tokens when documents are split into chunks (`build`'s chunk_size), else None."""
-        return self.meta["config"].get("chunking")
-
-    def _chunk(self, records: list[dict]) -> list[dict]:
-        """Each record as its chunks: records `{id: "<doc id>#<n>", "doc_id", "chunk": n, text, image, metadata}`."""
-        seen = {i.rpartition("#")[0] for i in self.embeddings().ids} if self.meta["parts"] and len(self) else set()
-        for r in records:  # document ids: the chunks' ids derive from them
-            if r["id"] in seen:
-                raise ValueError(f"document id {r['id']!r} is already in the index (or twice in the new documents)")
-            seen.add(r["id"])
-        out = []
-        for r in records:
-            texts = split_text(self.processor.tokenizer, r["text"], **self.chunking) if r["text"] else [None]
-            out += [{**r, "id": f"{r['id']}#{n}", "doc_id": r["id"], "chunk": n, "text": text}
-                    for n, text in enumerate(texts)]  # fmt: skip
-        return out
-
-    def _add_records(self, records: list[dict], root: Path, num_workers: int) -> int:
-        documents = len(records)
-        if self.chunking is not None:
-            records = self._chunk(records)
-        parts_dir = self.folder / "parts"
-        parts_dir.mkdir(exist_ok=True)
-        pending = self.meta["parts"][-1] if self.meta["parts"] and not self.meta["parts"][-1]["complete"] else None
-        name = pending["name"] if pending else f"part-{len(self.meta['parts']):05d}"
-        path = parts_dir / f"{name}.jsonl"
-        tmp = parts_dir / f".{name}.new"
-        write_atomic(tmp, lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in records))
-        if pending is not None and pending["sha256"] == _sha256(tmp) and pending["image_root"] == str(root):
-            tmp.unlink()  # the same documents: resume from their cached shards
-            logger.info("resuming the interrupted encoding of %s", name)
-        else:
-            if pending is not None:
-                logger.warning("discarding the interrupted encoding of %s (other documents)", name)
-                shutil.rmtree(self.folder / "cache" / name, ignore_errors=True)
-                self.meta["parts"].pop()
-            self._check_new_ids([r["id"] for r in records])
-            os.replace(tmp, path)
-            pending = {"name": name, "count": len(records), "documents": documents, "sha256": _sha256(path),
-                       "image_root": str(root), "complete": False}  # fmt: skip
-            self.meta["parts"].append(pending)
-            self._save()
-        pool = self._pool(pending)
-        config = self.meta["config"]
-        encode_pool(self.model, self.processor, pool, self._cache(pool), root, config["batch_size"],
-                    config["shard_size"], num_workers, orientation=self.image_orientation)  # fmt: skip
-        pending["complete"] = True
-        self._embeddings = self._parts = None
-        if self._load_approximate() is not None:  # keep the approximate index in step
-            shards = load_pool(pool, self._cache(pool), config["shard_size"]).shards
-            self._approximate.add(unit_rows(np.concatenate(self._truncated(shards))))
-            self._write_approximate()
+    def _add_records(self, records: list[dict], root: Path, num_workers: int, embeddings: np.ndarray | None = None,
+                     on_bad_image: str = "skip", replacing: dict[str, list[int]] | None = None) -> int:  # fmt: skip
+        """Encode `records` as a new part and keep every engine in step; `replacing`: {id: rows} of stored documents
+        the new ones replace, deleted in the same manifest save that adds the part."""
+        replacing = replacing or {}
+        skipped = self._skip_unreadable(records, root, on_bad_image) if embeddings is None else []
+        if skipped:
+            bad = {s["id"] for s in skipped}
+            records = [r for r in records if r["id"] not in bad]
+            if not records:
+                raise ValueError(f"every image of the {len(skipped)} new documents is unreadable (see the log); nothing "
+                                 "was added")  # fmt: skip
+        documents, ids = len(records), [r["id"] for r in records]
+        if embeddings is not None:
+            _check_embeddings(embeddings, len(records), self.model.config.embedding_dim, self.chunking)
+        rows = chunk_records(records, self.processor.tokenizer, self.chunking) if self.chunking else records
+        first_row = len(self)
+        approximate = self._approximate() if self.meta["approximate"] is not None else None  # on the old rows
+        part = self.storage.add_part(rows, documents, root, ids, self.model, self.processor, num_workers, embeddings,
+                                     set(replacing))  # fmt: skip
+        if skipped:
+            part["skipped"] = len(skipped)
+            with open(self.folder / SKIPPED_FILE, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps({**s, "part": part["name"]}, ensure_ascii=False) + "\n" for s in skipped)
+        new = self._truncated(self.storage.part_embeddings(part))
+        self._embeddings = None
+        self._engines = {name: e for name, e in self._engines.items() if name in ("approximate", "milvus")}
+        if approximate is not None:  # kept in step
+            approximate.add(new)
+            self.meta["approximate"].update(approximate.save(self.storage))
         if self.precision != "fp16":  # recalibrated on every document, old and new
-            self._quantized = {self.precision: build_quantized(self.embeddings().shards, self.precision)}
-            self._write_faiss(QUANTIZED_FILE, self._quantized[self.precision])
-        self._save()
+            self._engines[self.precision] = QuantizedEngine.build(self.embeddings().shards, self.precision, self.device)
+            self._engines[self.precision].save(self.storage)
+        old_rows = [r for rows_ in replacing.values() for r in rows_]
+        if old_rows:
+            self.storage.delete_rows(old_rows, len(replacing))
+        if self.meta["milvus"] is not None:
+            if old_rows:
+                self._milvus().delete([self.storage.embeddings().ids[r] for r in old_rows])
+            self._milvus().add([r["id"] for r in rows], new, first_row, [r["text"] for r in rows],
+                               [r["metadata"] for r in rows])  # fmt: skip
+        self.storage.save()
+        if self.meta.get("keyword") is not None:  # the keyword index follows (bm25s rebuilds it over every text)
+            self._build_keyword()
         return documents
 
-    def _check_new_ids(self, ids: list[str]) -> None:
-        seen = set(self.embeddings().ids) if self.meta["parts"] and len(self) else set()
-        for i in ids:
-            if i in seen:
-                raise ValueError(f"document id {i!r} is already in the index (or twice in the new documents)")
-            seen.add(i)
+    def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
+        """Delete documents by id (a chunked document with all its chunks); returns how many were deleted. No search
+        returns them from then on, in any engine (the approximate index, the codes and the keyword index skip their
+        rows; the Milvus collection deletes them), and their ids may be added again. An id not in the index is an
+        error naming it, or, with `missing_ok`, left out of the count. The space is kept (the rows stay in their
+        parts, marked deleted in `deleted.npy`)."""
+        with self._writing():
+            rows_of = self.storage.rows_of()
+            missing = [i for i in dict.fromkeys(ids) if i not in rows_of]
+            if missing and not missing_ok:
+                raise ValueError(f"{len(missing)} id(s) not in index {self.folder}: {missing[:10]}; nothing was deleted "
+                               "(missing_ok=True, --missing-ok, deletes the others)")  # fmt: skip
+            found = [i for i in dict.fromkeys(ids) if i in rows_of]
+            if not found:
+                return 0
+            rows = [r for i in found for r in rows_of[i]]
+            self.storage.delete_rows(rows, len(found))
+            if self.meta["milvus"] is not None:
+                self._milvus().delete([self.storage.embeddings().ids[r] for r in rows])
+            self.storage.save()
+            return len(found)
+
+    def upsert(self, source: Records, num_workers: int = 0, id_field: str = "id", text_field: str = "text",
+               image_field: str = "image", image_root: str | Path | None = None,
+               on_bad_image: str = "skip") -> dict:  # fmt: skip
+        """Add documents, replacing those of the same ids: a record equal to the stored one (text, image path and
+        metadata) is left as it is, the others are encoded as a new part and their old versions deleted. Returns
+        {"added", "replaced", "unchanged"} counts. Sources as for `add`."""
+        if image_root is None and not isinstance(source, (str, os.PathLike)):
+            image_root = self.image_root
+        _check_on_bad_image(on_bad_image)
+        records, root = read_records(source, image_root, id_field, text_field, image_field)
+        with self._writing():
+            rows_of = self.storage.rows_of()
+            changed, unchanged, replacing = [], 0, {}
+            for r in records:
+                rows = rows_of.get(r["id"])
+                if rows is not None:
+                    old, old_root = self.storage.locate(rows[0])
+                    same_image = (old["image"] and str(old_root / old["image"])) == (r["image"] and str(root / r["image"]))
+                    # a chunked document is compared by its first chunk's text only when it has one chunk
+                    same_text = old["text"] == r["text"] and len(rows) == 1
+                    if same_image and same_text and old["metadata"] == r["metadata"]:
+                        unchanged += 1
+                        continue
+                    replacing[r["id"]] = rows
+                changed.append(r)
+            added = self._add_records(changed, root, num_workers, on_bad_image=on_bad_image,
+                                      replacing=replacing) if changed else 0  # fmt: skip
+            return {"added": added - len(replacing), "replaced": len(replacing), "unchanged": unchanged}
+
+    def _skip_unreadable(self, records: list[dict], root: Path, on_bad_image: str) -> list[dict]:
+        """[{"id", "image", "why"}] of the records whose image file cannot be read, found in one pass; with "stop", an
+        error naming them all."""
+        paths = {r["id"]: str(root / r["image"]) for r in records if r["image"]}
+        bad = find_unreadable(list(paths.values()))
+        if not bad:
+            return []
+        listed = "\n".join(f"  {path}: {why}" for path, why in bad.items())
+        if on_bad_image == "stop":
+            raise ValueError(f"{len(bad)} image file(s) cannot be read; nothing was added (on_bad_image='skip', "
+                             f"--on-bad-image skip, leaves their documents out instead):\n{listed}")  # fmt: skip
+        logger.warning("%d image file(s) cannot be read; their documents are left out (listed in %s):\n%s", len(bad),
+                       self.folder / SKIPPED_FILE, listed)  # fmt: skip
+        return [{"id": i, "image": path, "why": bad[path]} for i, path in paths.items() if path in bad]
 
     # ------------------------------------------------------------------ embeddings and records
 
-    def embeddings(self) -> Embeddings:
+    def embeddings(self):
         """The fp16 embeddings of every document (memory-mapped cache shards; with `truncate_dim`, their truncated
         copies in memory) and their ids, in index order."""
         if self._embeddings is None:
-            complete = [p for p in self.meta["parts"] if p["complete"]]
-            pools = [self._pool(p) for p in complete]
-            shard_size = self.meta["config"]["shard_size"]
-            full = Embeddings.concat([load_pool(p, self._cache(p), shard_size) for p in pools])
+            full = self.storage.embeddings()
             self._embeddings = Embeddings(full.ids, self._truncated(full.shards))
-            self._parts = [(pool.load, Path(part["image_root"])) for pool, part in zip(pools, complete)]
         return self._embeddings
 
     def record(self, row: int) -> dict:
         """The stored record {"id", "text", "image", "metadata"} of document number `row`."""
-        return self._locate(row)[0]
-
-    def _locate(self, row: int) -> tuple[dict, Path]:
-        """The stored record of document number `row` and the image root of its part."""
-        self.embeddings()
-        for part, root in self._parts:
-            if row < len(part):
-                return part.records(row, row + 1)[0], root
-            row -= len(part)
-        raise IndexError(f"document {row} is out of range (the index holds {len(self)})")
+        return self.storage.locate(row)[0]
 
     # ------------------------------------------------------------------ search
 
@@ -448,7 +437,12 @@ class Ret2Index:
         backend: str = "auto",
         ef_search: int | None = None,
         precision: str | None = None,
-        rescore_multiplier: int = RESCORE_MULTIPLIER,
+        rescore_multiplier: int | None = None,
+        nprobe: int | None = None,
+        filter: dict | None = None,
+        mode: str = "vector",
+        fusion: str = "rrf",
+        weights: Sequence[float] = (0.5, 0.5),
     ) -> list[Hit] | list[list[Hit]]:
         """The top-k documents of one query (a list of `Hit`, best first) or of a batch (a list of queries: a list of
         such lists).
@@ -456,35 +450,81 @@ class Ret2Index:
         Args:
             queries: a query (text, image, or both, as `Ret2Model.encode` takes it) or a list of queries.
             k: results per query.
-            engine: "exact" (`ret2.search.search`), "approximate" (the HNSW index of `build_approximate`) or
-                "milvus" (the collection of `to_milvus`).
+            engine: "exact" (`ret2.search.search`), "approximate" (the HNSW or IVF-PQ index of `build_approximate`)
+                or "milvus" (the collection of `to_milvus`).
             backend: the exact search's backend, one of `ret2.search.BACKENDS`.
             ef_search: HNSW search depth for engine="approximate" (default: the one chosen at build).
             precision: what engine="exact" scans, one of `ret2.search.PRECISIONS` (default: the build's): "fp16"
                 (exact), "int8" or "binary" (the saved codes; another one than the build's is made in memory).
-            rescore_multiplier: int8 / binary: candidates rescored from the fp16 vectors per result (0: none).
+            rescore_multiplier: int8 / binary and IVF-PQ: candidates rescored from the fp16 vectors per result (0:
+                none; default: `RESCORE_MULTIPLIER`, for IVF-PQ the one chosen at build).
+            nprobe: IVF-PQ cells visited per query for engine="approximate" (default: the one chosen at build).
+            filter: a metadata filter (`ret2.index.filters`: `{"album": "trip", "year": {"$gte": 2020}}`), applied
+                before the top k (k results whenever k documents match) in every mode and engine. A field no
+                document has matches nothing.
+            mode: "vector" (the embeddings), "keyword" (BM25 over the documents' texts, `ret2.index.keyword`; each
+                query needs a text) or "hybrid" (both rankings' top k, fused).
+            fusion, weights: hybrid only: "rrf" (reciprocal-rank fusion, `ret2.index.hybrid.RRF_K`) or "weighted"
+                (weights of the vector and the keyword ranking, their scores normalised as Milvus does).
         """
-        if engine not in ENGINES:
-            raise ValueError(f"engine {engine!r} is not one of {list(ENGINES)}")
-        if backend not in BACKENDS:
-            raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
+        self.refresh()
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
+        if filter is not None:
+            check_filter(filter)
         batch = isinstance(queries, list)
-        vectors = self.encode_queries(queries if batch else [queries])
-        if self.chunking is not None:
-            hits = self._search_documents(vectors, k, engine, backend, ef_search, precision, rescore_multiplier)
-            return hits if batch else hits[0]
-        scores, rows = self.search_embeddings(vectors, k, engine, backend, ef_search, precision, rescore_multiplier)
-        hits = self.hits(scores, rows)
+        queries = queries if batch else [queries]
+        texts = None
+        if mode != "vector":
+            texts = [_query_text(q) for q in queries]
+            missing = next((i for i, t in enumerate(texts) if not t), None)
+            if missing is not None:
+                raise ValueError(f"mode {mode!r} needs a text in every query; query {missing} ({queries[missing]!r}) "
+                                 "has none")  # fmt: skip
+        vectors = self.encode_queries(queries) if mode != "keyword" else None
+        options = dict(engine=engine, backend=backend, ef_search=ef_search, precision=precision,
+                       rescore_multiplier=rescore_multiplier, nprobe=nprobe)  # fmt: skip
+
+        def rank(depth: int) -> tuple[np.ndarray, np.ndarray]:
+            return self._rank(vectors, texts, depth, mode, filter, fusion, weights, options)
+
+        hits = self._search_documents(rank, k) if self.chunking is not None else self.hits(*rank(k))
         return hits if batch else hits[0]
 
-    def _search_documents(self, vectors: np.ndarray, k: int, engine: str, backend: str, ef_search: int | None,
-                          precision: str | None, rescore_multiplier: int) -> list[list[Hit]]:  # fmt: skip
-        """Chunked documents: each query's top-k documents, each once, scored and shown by its best chunk. Searches
-        4k chunks, then deeper (x4 each time) while a query has fewer than k documents and chunks remain."""
+    def _rank(self, vectors: np.ndarray | None, texts: list[str] | None, depth: int, mode: str, filter: dict | None,
+              fusion: str, weights: Sequence[float], options: dict) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """(scores, rows) of the top `depth` rows of `mode` (filtered), by the chosen engine."""
+        if len(self) == 0:
+            raise ValueError(f"index {self.folder} holds no documents")
+        if options["engine"] == "milvus":  # Milvus filters, keyword-searches and fuses itself
+            return self._milvus().search(vectors, min(depth, len(self)), filter=filter, mode=mode, texts=texts,
+                                         fusion=fusion, weights=weights)  # fmt: skip
+        allowed = self._allowed(filter)
+        vector = self.search_embeddings(vectors, depth, allowed=allowed, **options) if mode != "keyword" else None
+        keyword = self._keyword().search(texts, depth, allowed=allowed) if mode != "vector" else None
+        if mode == "vector":
+            return vector
+        if mode == "keyword":
+            return keyword
+        return rrf([vector, keyword], depth) if fusion == "rrf" else weighted([vector, keyword], depth, weights)
+
+    def _allowed(self, filter: dict | None) -> np.ndarray | None:
+        """The rows a search may return: those `filter` keeps, less the deleted ones (None: every row)."""
+        live = self.storage.live_rows()
+        if filter is None:
+            return live
+        kept = select(self.storage.metadata(), filter)
+        return kept if live is None else np.intersect1d(kept, live)
+
+    def _search_documents(self, rank, k: int) -> list[list[Hit]]:
+        """Chunked documents: each query's top-k documents, each once, scored and shown by its best chunk. Ranks
+        4k chunks (`rank(depth)`), then deeper (x4 each time) while a query has fewer than k documents and chunks
+        remain."""
         depth = 4 * k
         while True:
-            scores, rows = self.search_embeddings(vectors, min(depth, len(self)), engine, backend, ef_search, precision,
-                                                  rescore_multiplier)  # fmt: skip
+            scores, rows = rank(min(depth, len(self)))
             hits = []
             for srow, rrow in zip(scores, rows):
                 best: dict[str, Hit] = {}
@@ -505,42 +545,106 @@ class Ret2Index:
         backend: str = "auto",
         ef_search: int | None = None,
         precision: str | None = None,
-        rescore_multiplier: int = RESCORE_MULTIPLIER,
+        rescore_multiplier: int | None = None,
+        nprobe: int | None = None,
+        allowed: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, document rows), each (Nq, k), of query embeddings; the engines and precisions of `search`."""
+        """(scores, document rows), each (Nq, k), of query embeddings; the engines and precisions of `search`.
+        `allowed`: the only rows ranked (sorted; those a metadata filter keeps), None: all."""
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} is not one of {list(ENGINES)}")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
         precision = precision or self.precision
-        check_precision(precision, rescore_multiplier)
+        check_precision(precision, RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier)
+        if allowed is None:
+            allowed = self.storage.live_rows()  # deleted rows are never returned
         if len(self) == 0:
             raise ValueError(f"index {self.folder} holds no documents")
         if precision != "fp16":
             if engine != "exact":
                 raise ValueError(f"precision {precision!r} applies to engine 'exact' (the flat scan); engine "
                                  f"{engine!r} searches its own vectors: pass precision='fp16'")  # fmt: skip
-            return search_quantized(self._load_quantized(precision), queries, self.embeddings().shards, k,
-                                    rescore_multiplier, self.device)  # fmt: skip
+            multiplier = RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier
+            return self._quantized(precision).search(queries, k, allowed, rescore_multiplier=multiplier)
         if engine == "exact":
-            return exact_search(queries, self.embeddings().shards, k, backend, self.device)
+            return self._exact().search(queries, k, allowed, backend=backend)
         if engine == "approximate":
-            index = self._load_approximate()
-            if index is None:
-                raise ValueError(f"index {self.folder} has no approximate index; call build_approximate() first")
-            return search_hnsw(index, queries, k, ef_search or self.meta["approximate"]["ef_search"])
-        from ret2.milvus import search_collection
-
-        if self.meta["milvus"] is None:
-            raise ValueError(f"index {self.folder} has no Milvus collection; call to_milvus() first")
-        return search_collection(self.meta["milvus"], queries, min(k, len(self)))
+            approximate = self._approximate()
+            if approximate.kind == "hnsw":
+                return approximate.search(queries, k, allowed, ef_search=ef_search)
+            return approximate.search(queries, k, allowed, nprobe=nprobe, rescore_multiplier=rescore_multiplier)
+        return self._milvus().search(queries, min(k, len(self)))  # Milvus holds no deleted row: `delete` removed it
 
     def hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
         """The `Hit`s of `search_embeddings`' (scores, rows), one list per query, best first (rows of -1 dropped)."""
         return [[self._hit(int(r), float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
 
     def _hit(self, row: int, score: float) -> Hit:
-        r, root = self._locate(row)
+        r, root = self.storage.locate(row)
         return Hit(r.get("doc_id", r["id"]), score, r["text"], r["image"], r["metadata"],
                    r["image"] and str(root / r["image"]), r.get("chunk"))  # fmt: skip
 
-    # ------------------------------------------------------------------ approximate search (FAISS HNSW)
+    # ------------------------------------------------------------------ engines
+
+    def _exact(self) -> ExactEngine:
+        if "exact" not in self._engines:
+            self._engines["exact"] = ExactEngine(self.embeddings().shards, self.device)
+        return self._engines["exact"]
+
+    def _quantized(self, precision: str) -> QuantizedEngine:
+        """The codes of `precision`: the build's from its file, another one made from the fp16 vectors."""
+        self._refuse_multi_vector(f"precision {precision!r}")
+        if precision not in self._engines:
+            shards = self.embeddings().shards
+            self._engines[precision] = (QuantizedEngine.load(self.storage, precision, shards, self.device)
+                                        if precision == self.precision
+                                        else QuantizedEngine.build(shards, precision, self.device))  # fmt: skip
+        return self._engines[precision]
+
+    def _approximate(self):
+        entry = self.meta["approximate"]
+        if entry is None:
+            raise ValueError(f"index {self.folder} has no approximate index; call build_approximate() first")
+        if "approximate" not in self._engines:
+            kind = APPROXIMATE[entry.get("kind", "hnsw")]
+            self._engines["approximate"] = kind.load(self.storage, entry, self.embeddings().shards, self.device)
+        return self._engines["approximate"]
+
+    def _milvus(self) -> MilvusEngine:
+        if self.meta["milvus"] is None:
+            raise ValueError(f"index {self.folder} has no Milvus collection; call to_milvus() first")
+        if "milvus" not in self._engines:
+            self._engines["milvus"] = MilvusEngine.load(self.storage, self.meta["milvus"])
+        return self._engines["milvus"]
+
+    def _keyword(self):
+        """The BM25 index of the rows' texts (`keyword/`), built on first use and rebuilt after an `add`."""
+        from ret2.index.keyword import KeywordIndex
+
+        if "keyword" not in self._engines:
+            folder, entry = self.folder / KEYWORD_FOLDER, self.meta.get("keyword")
+            if entry is not None and entry["rows"] == len(self) and folder.is_dir():
+                self._engines["keyword"] = KeywordIndex.load(folder)
+            else:
+                with self._writing():
+                    return self._build_keyword()
+        return self._engines["keyword"]
+
+    def _build_keyword(self):
+        """Build and save the BM25 index of every row's text (holding the write lock)."""
+        from ret2.index.keyword import KeywordIndex
+
+        folder, tmp = self.folder / KEYWORD_FOLDER, self.folder / f".{KEYWORD_FOLDER}.new"
+        keyword = KeywordIndex.build(self.storage.texts())
+        shutil.rmtree(tmp, ignore_errors=True)
+        keyword.save(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        self.meta["keyword"] = {"rows": len(self)}
+        self.storage.save()
+        self._engines["keyword"] = keyword
+        return keyword
 
     def _refuse_multi_vector(self, what: str) -> None:
         if self.multi_vector:
@@ -549,38 +653,50 @@ class Ret2Index:
                 "mode), whose late-interaction scores only the exact search computes: use engine='exact'"
             )
 
-    def build_approximate(
-        self, m: int = 32, ef_construction: int = 80, ef_search: int = 128, recall_sample: int = 1000, seed: int = 0
-    ) -> dict:
-        """Build a FAISS HNSW index (inner product, fp32 vectors) over every document, save it in the folder, and
-        return (and store) its recall@10 against the exact search, measured with `recall_sample` stored documents
-        as queries. Single-vector indexes only.
+    # ------------------------------------------------------------------ approximate search (FAISS HNSW or IVF-PQ)
+
+    def build_approximate(self, kind: str = "hnsw", recall_sample: int = 1000, seed: int = 0, **params) -> dict:
+        """Build an approximate index over every document, save it in the folder (replacing one built before), and
+        return (and store in `index.json`) its settings, its bytes per document and its recall@10 against the exact
+        search, measured with `recall_sample` stored documents as queries. Single-vector indexes only.
 
         Args:
-            m: HNSW neighbours per node (memory: about 8 * m bytes per document on top of 4 * D).
-            ef_construction: HNSW build depth. ef_search: default HNSW search depth.
+            kind: "hnsw" (FAISS HNSW over fp32 vectors: params m=32 neighbours per node, ef_construction=80,
+                ef_search=128, the default search depth; 4 * D + about 8 * m bytes per document) or "ivfpq" (FAISS
+                IVF-PQ, rescored from the fp16 vectors: params nlist cells (default about sqrt(N)), m codes a
+                document (default the largest divisor of D at most D / 4), nbits bits a code (default 8),
+                nprobe=8 cells searched and rescore_multiplier=10, the search defaults; about m + 8 bytes per
+                document).
             recall_sample: documents used as queries to measure recall@10. seed: which documents.
         """
+        if kind not in APPROXIMATE:
+            raise ValueError(f"kind {kind!r} is not one of {list(APPROXIMATE)}")
         self._refuse_multi_vector("approximate search")
-        index = build_hnsw(self.embeddings().shards, m, ef_construction)
-        self._approximate = index
-        self.meta["approximate"] = {"kind": "hnsw", "m": m, "ef_construction": ef_construction, "ef_search": ef_search}
-        self._write_approximate()
+        with self._writing():
+            return self._build_approximate(kind, recall_sample, seed, params)
+
+    def _build_approximate(self, kind: str, recall_sample: int, seed: int, params: dict) -> dict:
+        shards = self.embeddings().shards
+        engine = APPROXIMATE[kind].build(shards, self.device, **params)
+        self._engines["approximate"] = engine
+        self.meta["approximate"] = engine.save(self.storage)
         recall = self.approximate_recall(recall_sample, seed=seed)
         self.meta["approximate"].update(recall_at_10=recall, recall_documents=len(self),
                                         recall_queries=min(recall_sample, len(self)))  # fmt: skip
-        self._save()
-        logger.info("approximate index: recall@10 %.4f against exact (%d stored documents as queries)", recall,
-                    min(recall_sample, len(self)))  # fmt: skip
+        self.storage.save()
+        logger.info("approximate index (%s): recall@10 %.4f against exact (%d stored documents as queries), %.0f bytes "
+                    "per document", kind, recall, min(recall_sample, len(self)),
+                    self.meta["approximate"]["bytes_per_document"])  # fmt: skip
         return self.meta["approximate"]
 
-    def approximate_recall(self, sample: int = 1000, k: int = 10, seed: int = 0, ef_search: int | None = None) -> float:
+    def approximate_recall(self, sample: int = 1000, k: int = 10, seed: int = 0, ef_search: int | None = None,
+                           nprobe: int | None = None) -> float:  # fmt: skip
         """Mean fraction of the exact top-k that the approximate index finds, over `sample` stored documents used as
         queries."""
         rows = np.sort(np.random.default_rng(seed).choice(len(self), min(sample, len(self)), replace=False))
         queries = np.stack([self._row_vector(int(r)) for r in rows]).astype(np.float32)
         _, exact = self.search_embeddings(queries, k, "exact")
-        _, approx = self.search_embeddings(queries, k, "approximate", ef_search=ef_search)
+        _, approx = self.search_embeddings(queries, k, "approximate", ef_search=ef_search, nprobe=nprobe)
         return recall_at_k(exact, approx)
 
     def _row_vector(self, row: int) -> np.ndarray:
@@ -590,42 +706,13 @@ class Ret2Index:
             row -= len(shard)
         raise IndexError(row)
 
-    def _load_approximate(self):
-        if self._approximate is None and self.meta["approximate"] is not None:
-            import faiss
-
-            self._approximate = faiss.read_index(str(self.folder / APPROXIMATE_FILE))
-        return self._approximate
-
-    def _write_approximate(self) -> None:
-        self._write_faiss(APPROXIMATE_FILE, self._approximate)
-
-    def _write_faiss(self, name: str, index) -> None:
-        import faiss
-
-        serialize = faiss.serialize_index_binary if isinstance(index, faiss.IndexBinary) else faiss.serialize_index
-        write_atomic(self.folder / name, lambda f: f.write(serialize(index).tobytes()))
-
-    def _load_quantized(self, precision: str):
-        """The codes of `precision`: the build's from QUANTIZED_FILE, another one made from the fp16 vectors."""
-        self._refuse_multi_vector(f"precision {precision!r}")
-        if precision not in self._quantized:
-            if precision == self.precision:
-                import faiss
-
-                read = faiss.read_index_binary if precision == "binary" else faiss.read_index
-                self._quantized[precision] = read(str(self.folder / QUANTIZED_FILE))
-            else:
-                self._quantized[precision] = build_quantized(self.embeddings().shards, precision)
-        return self._quantized[precision]
-
     # ------------------------------------------------------------------ Milvus
 
     def to_milvus(
         self, uri: str, collection: str = "ret2", index_type: str = "FLAT", token: str = "", overwrite: bool = False
     ) -> dict:
-        """Copy every document's embedding (fp32) and id into a Milvus collection and remember it for
-        `search(..., engine="milvus")`. Single-vector indexes only.
+        """Copy every document's embedding (fp32), id, text and metadata into a Milvus collection and remember it for
+        `search(..., engine="milvus")`; later `add`s go to it too. Single-vector indexes only.
 
         Args:
             uri: a Milvus Lite file (`./docs.db`, embedded, no server) or a server URI (`http://host:19530`).
@@ -634,30 +721,41 @@ class Ret2Index:
             overwrite: replace an existing collection of that name.
         """
         self._refuse_multi_vector("Milvus search")
-        from ret2.milvus import write_collection
+        with self._writing():
+            return self._to_milvus(uri, collection, index_type, token, overwrite)
 
+    def _to_milvus(self, uri: str, collection: str, index_type: str, token: str, overwrite: bool) -> dict:
         embeddings = self.embeddings()
+        records = [self.record(row) for row in range(len(self))]
         target = {"uri": uri if "://" in uri else str(Path(uri).absolute()), "collection": collection,
                   "index_type": index_type}  # fmt: skip
-        write_collection(target, embeddings.ids, embeddings.shards, token=token, overwrite=overwrite)
-        self.meta["milvus"] = target
-        self._save()
+        engine = MilvusEngine.build(target, embeddings.ids, embeddings.shards, token=token, overwrite=overwrite,
+                                    texts=[r["text"] for r in records], metadata=[r["metadata"] for r in records])  # fmt: skip
+        self._engines["milvus"] = engine
+        self.meta["milvus"] = engine.save(self.storage)
+        self.storage.save()
         return target
 
 
-def _chunking(name_or_path: str, size: int | str, overlap: int) -> dict:
-    """{"size", "overlap"} of `build`'s chunks, checked against the model's tokenizer: a chunk and the special tokens
-    its text gets fit the tokenizer's limit ("auto": the largest that fits)."""
-    from transformers import AutoProcessor
+def _check_embeddings(embeddings: np.ndarray, documents: int, width: int, chunking) -> None:
+    if chunking:
+        raise ValueError("embeddings= cannot be given for an index of chunked documents (chunk_size)")
+    if len(embeddings) != documents or embeddings.shape[-1] != width:
+        raise ValueError(f"embeddings of shape {tuple(embeddings.shape)} do not match {documents} documents of the "
+                         f"model's {width}-d embeddings")  # fmt: skip
 
-    processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
-    special = len(processor.tokenizer("", verbose=False)["input_ids"])  # the BOS / EOS every text gets
-    limit = text_limit(processor) - special
-    size = limit if size == "auto" else size
-    if size > limit:
-        raise ValueError(f"chunk_size {size} is above the tokenizer's limit of {limit} tokens per text (plus "
-                         f"{special} special tokens); give at most {limit}")  # fmt: skip
-    if overlap >= size:
-        raise ValueError(f"chunk_overlap {overlap} must be below the chunk size {size}")
-    return {"size": size, "overlap": overlap}
 
+def _query_text(query: Any) -> str | None:
+    """The text of a query in any form `search` takes (a str; the "text" of a dict; the first of a tuple)."""
+    if isinstance(query, str):
+        return query
+    if isinstance(query, dict):
+        return query.get("text")
+    if isinstance(query, tuple):
+        return query[0]
+    return None
+
+
+def _check_on_bad_image(on_bad_image: str) -> None:
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"on_bad_image {on_bad_image!r} is not one of {list(ON_BAD_IMAGE)}")

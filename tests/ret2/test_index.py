@@ -3,9 +3,11 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
+import processes
 
 from ret2.index import Hit, Ret2Index
 from ret2.records import read_records
@@ -169,21 +171,21 @@ def test_approximate_index_reports_recall(model_dir, tmp_path):
     assert [h.id for h in index.search("red circle", k=5, engine="approximate")] == [
         h.id for h in index.search("red circle", k=5)]
     index.add(_records(tmp_path, n=3, start=30))  # the approximate index follows the new documents
-    assert Ret2Index.open(tmp_path / "idx")._load_approximate().ntotal == 33
+    assert Ret2Index.open(tmp_path / "idx")._approximate().index.ntotal == 33
 
 
 def test_quantized_index_persists_reopens_and_follows_add(model_dir, tmp_path, capsys):
     """An index built with precision="binary" saves its sign bits, reopens with them and ranks exactly when the rescoring
     covers every document; its codes follow `add`; int8 is made in memory at search time; the CLI takes both options;
     a quantized engine other than the flat scan is refused."""
-    from ret2.index.__main__ import main
+    from ret2.commands.index import run as main
 
     records = _records(tmp_path, n=24)
     index = Ret2Index.build(tmp_path / "idx", records[:20], model=model_dir, image_root=tmp_path, precision="binary")
     assert (tmp_path / "idx" / "quantized.faiss").is_file() and index.info()["config"]["precision"] == "binary"
     exact = index.search(["red circle", pattern(104)], k=5, precision="fp16")
     reopened = Ret2Index.open(tmp_path / "idx")
-    assert reopened.precision == "binary" and reopened._load_quantized("binary").ntotal == 20
+    assert reopened.precision == "binary" and reopened._quantized("binary").codes.ntotal == 20
     hits = reopened.search(["red circle", pattern(104)], k=5)  # 10 x 5 candidates: all 20 documents rescored
     assert [[(h.id, round(h.score, 5)) for h in q] for q in hits] == [[(h.id, round(h.score, 5)) for h in q] for q in exact]
     width = reopened.embeddings().shards[0].shape[1]
@@ -191,7 +193,7 @@ def test_quantized_index_persists_reopens_and_follows_add(model_dir, tmp_path, c
     assert all((1 - h.score) * width / 2 == round((1 - h.score) * width / 2) for h in raw)
     assert [h.id for h in reopened.search("red circle", k=5, precision="int8")] == [h.id for h in exact[0]]
     reopened.add(records[20:])
-    assert Ret2Index.open(tmp_path / "idx")._load_quantized("binary").ntotal == 24
+    assert Ret2Index.open(tmp_path / "idx")._quantized("binary").codes.ntotal == 24
     with pytest.raises(ValueError, match="precision 'int8' applies to engine 'exact'"):
         reopened.search("red circle", engine="approximate", precision="int8")
     with pytest.raises(ValueError, match=r"precision 'int4' is not one of \['fp16', 'int8', 'binary'\]"):
@@ -224,7 +226,7 @@ def test_milvus_lite_top10_equals_exact(model_dir, tmp_path):
 
 
 def test_cli_build_search_info_add(model_dir, photos, tmp_path, capsys):
-    from ret2.index.__main__ import main
+    from ret2.commands.index import run as main
 
     folder = str(tmp_path / "idx")
     main(["build", folder, str(photos), "--model", model_dir, "--batch_size", "5"])
@@ -297,14 +299,13 @@ def test_add_takes_documents_whose_images_live_elsewhere(model_dir, photos, tmp_
 
 
 def _ret2_index(*args, cwd):
-    import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "ret2.index", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    return processes.run([sys.executable, "-m", "ret2.index", *args], cwd=cwd, timeout=600)
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_milvus_cli_flow_and_a_copied_index_in_separate_processes(model_dir, photos, tmp_path):
     """The README's CLI flow, each command its own process: build, copy into Milvus Lite, search with Milvus; then the
     index folder copied with `cp -r` (new mtimes), the original removed, searched exactly and with Milvus."""
@@ -347,8 +348,8 @@ def test_a_mistyped_model_folder_fails_at_once_naming_it(model_dir, photos, tmp_
 def test_cli_names_its_flag_when_a_milvus_collection_exists(model_dir, tmp_path, capsys):
     """The refusal to replace a collection names the command's flag (`--overwrite`), not only the Python keyword."""
     pytest.importorskip("milvus_lite")
-    from ret2.cli import run_cli
-    from ret2.index.__main__ import main
+    from ret2.commands._common import run_cli
+    from ret2.commands.index import run as main
 
     Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=4), model=model_dir, image_root=tmp_path)
     command = ["milvus", str(tmp_path / "idx"), str(tmp_path / "docs.db"), "--collection", "docs"]
@@ -367,7 +368,7 @@ def test_truncated_index_searches_renormalised_prefixes_and_reopens(model_dir, p
     """`--truncate-dim` at build: stored in the index, documents and queries alike cut to that prefix and
     re-normalised, kept on reopen and for added documents."""
     from ret2.encoding import truncate_array
-    from ret2.index.__main__ import main
+    from ret2.commands.index import run as main
 
     full = Ret2Index.build(tmp_path / "full", photos, model=model_dir, batch_size=6)
     dim = full.model.config.embedding_dim // 2
@@ -392,7 +393,7 @@ def test_truncated_index_searches_renormalised_prefixes_and_reopens(model_dir, p
     reopened = Ret2Index.open(tmp_path / "short")
     assert len(reopened) == 13 and np.concatenate(reopened.embeddings().shards).shape == (13, dim)
     assert reopened.search("green star", k=1)[0].id == "extra"  # the same text-only input as the query
-    codes = reopened._load_quantized("binary")  # quantized codes are made from the truncated vectors
+    codes = reopened._quantized("binary").codes  # quantized codes are made from the truncated vectors
     assert (codes.d, codes.ntotal) == (dim, 13)
     binary = reopened.search(queries, k=4, precision="binary")  # 10 x 4 candidates: every document rescored
     assert [[h.id for h in q] for q in binary] == [[h.id for h in q] for q in reopened.search(queries, k=4)]
@@ -403,7 +404,7 @@ def test_long_document_is_found_by_its_tail_through_chunks(model_dir, tmp_path, 
     """A text longer than the tokenizer's 64 tokens loses its tail when encoded whole (the log counts it); split into
     chunks on token boundaries, the document is found by a query that matches only its tail, returned once, with
     that chunk."""
-    from ret2.index.ret2_index import split_text
+    from ret2.index.chunking import split_text
 
     head = " ".join(WORDS[i % 10] for i in range(72))  # 72 tokens of the first ten words
     tail = "star left star top right bottom small big"  # tokens 72-79: the last chunk of 10 with overlap 2
@@ -429,3 +430,209 @@ def test_long_document_is_found_by_its_tail_through_chunks(model_dir, tmp_path, 
     with pytest.raises(ValueError, match="document id 'long' is already in the index"):
         chunked.add(docs[:1])
     assert chunked.add([{"id": "more", "text": tail}]) == 1 and chunked.documents == 8 and len(chunked) == 17
+
+
+def test_ivfpq_engine_builds_reopens_follows_add_and_runs_from_the_cli(model_dir, tmp_path, capsys):
+    """IVF-PQ as an engine of the index: built with its recall@10 and bytes per document in index.json, searched
+    through Ret2Index.search (every cell probed and every candidate rescored from fp16: the exact ranking), reopened,
+    kept current by add, and reached from `ret2-index approximate --kind ivfpq` / `search --engine approximate`."""
+    from ret2.commands.index import run as main
+
+    index = Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=80), model=model_dir, image_root=tmp_path)
+    report = index.build_approximate("ivfpq", recall_sample=40)
+    assert report["kind"] == "ivfpq" and report["nlist"] == 2 and report["nbits"] == 6 and report["m"] == 8
+    assert report["recall_at_10"] == pytest.approx(index.approximate_recall(40)) == 1.0
+    assert report["bytes_per_document"] > 0
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["approximate"] == report
+    queries = ["red circle", pattern(104)]
+    exact = [[(h.id, round(h.score, 4)) for h in q] for q in index.search(queries, k=5)]
+    assert [[(h.id, round(h.score, 4)) for h in q] for q in index.search(queries, k=5, engine="approximate")] == exact
+    reopened = Ret2Index.open(tmp_path / "idx")
+    assert [[h.id for h in q] for q in reopened.search(queries, k=5, engine="approximate")] == [
+        [i for i, _ in q] for q in exact]
+    reopened.add(_records(tmp_path, n=5, start=80))
+    assert Ret2Index.open(tmp_path / "idx")._approximate().index.ntotal == 85
+    again = Ret2Index.open(tmp_path / "idx")
+    assert [h.id for h in again.search("red circle", k=10, engine="approximate")] == [
+        h.id for h in again.search("red circle", k=10)]
+    with pytest.raises(ValueError, match="nprobe must be a positive integer, got 0"):
+        again.search("red circle", engine="approximate", nprobe=0)
+    with pytest.raises(ValueError, match=r"kind 'lsh' is not one of \['hnsw', 'ivfpq'\]"):
+        again.build_approximate("lsh")
+
+    capsys.readouterr()
+    main(["approximate", str(tmp_path / "idx"), "--kind", "ivfpq", "--nprobe", "1", "--recall-sample", "20"])
+    assert "IVF-PQ over 85 documents, recall@10" in capsys.readouterr().out
+    assert Ret2Index.open(tmp_path / "idx").info()["approximate"]["nprobe"] == 1
+    main(["search", str(tmp_path / "idx"), "--text", "red circle", "-k", "3", "--engine", "approximate", "--nprobe",
+          "2", "--json"])  # fmt: skip
+    found = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [h["id"] for h in found] == [h.id for h in again.search("red circle", k=3)]
+
+
+def test_embeddings_computed_elsewhere_are_stored_as_given(model_dir, tmp_path):
+    """`build(..., embeddings=)` stores embeddings the same model computed elsewhere instead of encoding: the index
+    searches as the one that encoded them; a shape that does not fit the documents or the model is refused."""
+    records = _records(tmp_path, n=12)
+    encoded = Ret2Index.build(tmp_path / "a", records, model=model_dir, image_root=tmp_path, shard_size=5)
+    vectors = np.concatenate(encoded.embeddings().shards)
+    given = Ret2Index.build(tmp_path / "b", records, model=model_dir, image_root=tmp_path, shard_size=5,
+                            embeddings=vectors)  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate(given.embeddings().shards), vectors)
+    queries = ["red circle", pattern(104)]
+    assert [[h.id for h in q] for q in given.search(queries, k=4)] == [[h.id for h in q] for q in encoded.search(queries, k=4)]
+    with pytest.raises(ValueError, match=r"embeddings of shape \(11, 32\) do not match 12 documents"):
+        Ret2Index.build(tmp_path / "c", records, model=model_dir, image_root=tmp_path, embeddings=vectors[:11])
+    assert not (tmp_path / "c").exists()  # refused before the folder is made
+
+
+@pytest.mark.processes
+def test_two_writers_at_once_lose_and_duplicate_nothing(model_dir, tmp_path):
+    """Two `ret2-index add` of different batches started together, several times, staggered and simultaneous: one
+    writer at a time (the folder's lock), each on the manifest the other left, so every document is there once and
+    both report what they added; a reader opened before sees them after `refresh` (and `search` does it itself)."""
+    import sys
+    import threading
+
+    index = Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=4), model=model_dir, image_root=tmp_path)
+    reader = Ret2Index.open(tmp_path / "idx")
+    start, expected = 4, 4
+    for round_, delay in enumerate((0.0, 0.5, 0.0)):
+        files = []
+        for name in "ab":
+            batch = _records(tmp_path, n=3, start=start)
+            start += 3
+            path = tmp_path / f"batch-{round_}{name}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in batch))
+            files.append(path)
+        outputs = [None, None]
+
+        def add(i, pause):
+            time.sleep(pause)
+            outputs[i] = processes.run([sys.executable, "-m", "ret2.index", "add", tmp_path / "idx", files[i]],
+                                       timeout=300, check=True)  # fmt: skip
+
+        threads = [threading.Thread(target=add, args=(0, 0.0)), threading.Thread(target=add, args=(1, delay))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all("added 3 documents" in out.stdout for out in outputs), [o.stdout + o.stderr for o in outputs]
+        expected += 6
+    after = Ret2Index.open(tmp_path / "idx")
+    ids = after.embeddings().ids
+    assert len(ids) == len(set(ids)) == expected == 22
+    assert sorted(ids) == sorted(f"d{i}" for i in range(22))
+    assert len(reader) == 4 and reader.search("red circle", k=30) and len(reader) == 22  # search refreshed it
+
+
+def test_a_second_writer_waits_then_fails_naming_the_holder(model_dir, tmp_path):
+    index = Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=3), model=model_dir, image_root=tmp_path)
+    other = Ret2Index.open(tmp_path / "idx")
+    with index.storage.writer():
+        with pytest.raises(TimeoutError, match=r"is being written by another process \(\{\"pid\": \d+"):
+            with other.storage.writer(timeout=0.5):
+                pass
+    with other.storage.writer(timeout=0.5):  # free again
+        pass
+
+
+def test_unreadable_images_are_found_at_once_and_skipped_or_stop_the_build(model_dir, tmp_path, capsys):
+    """A photo folder with a truncated JPEG, a zero-byte .jpg and a text file named .png: every bad file is named in
+    one pass by its own path (never an internal part file); by default their documents are left out (counted in the
+    command's output, listed in skipped.jsonl), with --on-bad-image stop nothing is added."""
+    import io
+
+    from ret2.commands.index import run as main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(5):
+        pattern(200 + i).save(folder / f"ok{i}.png")
+    data = io.BytesIO()
+    pattern(7).convert("RGB").save(data, "JPEG")
+    (folder / "cut.jpg").write_bytes(data.getvalue()[: len(data.getvalue()) // 2])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError) as stopped:
+        Ret2Index.build(tmp_path / "stop", folder, model=model_dir, on_bad_image="stop")
+    message = str(stopped.value)
+    assert "3 image file(s) cannot be read; nothing was added" in message and "part-" not in message
+    for name, why in (("cut.jpg", "truncated or corrupt"), ("empty.jpg", "empty file"), ("notes.png", "not an image")):
+        assert f"{folder / name}: {why}" in message
+    assert not (tmp_path / "stop" / "parts" / "part-00000.jsonl").exists()
+
+    main(["build", str(tmp_path / "idx"), str(folder), "--model", model_dir])
+    out = capsys.readouterr().out
+    assert f"5 documents; 3 skipped (unreadable images, listed in {tmp_path / 'idx' / 'skipped.jsonl'})" in out
+    skipped = [json.loads(line) for line in (tmp_path / "idx" / "skipped.jsonl").read_text().splitlines()]
+    assert sorted(s["id"] for s in skipped) == ["cut.jpg", "empty.jpg", "notes.png"]
+    assert all(s["part"] == "part-00000" and s["image"].startswith(str(folder)) for s in skipped)
+    index = Ret2Index.open(tmp_path / "idx")
+    assert sorted(index.embeddings().ids) == [f"ok{i}.png" for i in range(5)]
+    with pytest.raises(ValueError, match=r"on_bad_image 'ignore' is not one of \['skip', 'stop'\]"):
+        index.add(folder, on_bad_image="ignore")
+
+
+def test_delete_and_upsert_through_every_engine_and_after_reopening(model_dir, tmp_path):
+    """Deleted documents never come back (exact, int8, HNSW, IVF-PQ, keyword, Milvus Lite; right after and after
+    reopening) and their ids may be added again; an unknown id is an error naming it; upsert re-encodes only what
+    changed and replaces it."""
+    pytest.importorskip("bm25s")
+    index = Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=40), model=model_dir, image_root=tmp_path)
+    index.build_approximate("ivfpq", recall_sample=10)
+    milvus = pytest.importorskip("pymilvus") and index.to_milvus(str(tmp_path / "m.db"))
+    queries = ["red circle", pattern(104), WORDS[3]]
+    gone = [h.id for h in index.search(queries[0], k=3)]
+    assert index.delete(gone) == 3 and index.documents == 37
+    live = [f"d{i}" for i in range(40) if f"d{i}" not in gone]
+    with pytest.raises(ValueError, match=r"1 id\(s\) not in index .*\['nope'\]; nothing was deleted"):
+        index.delete(["nope", live[0]])
+    assert index.delete(["nope"], missing_ok=True) == 0 and index.documents == 37
+
+    def found(ix):
+        out = set()
+        for options in ({}, {"precision": "int8"}, {"engine": "approximate"}, {"engine": "milvus"},
+                        {"mode": "keyword"}, {"mode": "hybrid"}):  # fmt: skip
+            qs = [q for q in queries if isinstance(q, str)] if options.get("mode") else queries
+            for hits in ix.search(qs, k=40, **options):
+                out |= {h.id for h in hits}
+        return out
+
+    assert milvus and not set(gone) & found(index)
+    reopened = Ret2Index.open(tmp_path / "idx")
+    assert not set(gone) & found(reopened) and reopened.documents == 37
+    reopened.add([r for r in _records(tmp_path, n=40) if r["id"] == gone[0]], image_root=tmp_path)  # the id is free
+    assert gone[0] in {h.id for h in reopened.search(queries[0], k=5)} and reopened.documents == 38
+
+    by_id = {r["id"]: r for r in _records(tmp_path, n=40)}
+    same, text, meta = (dict(by_id[i]) for i in live[:3])
+    text["text"], meta["rank"] = "zebra crossing", 99
+    counts = reopened.upsert([same, text, meta, *_records(tmp_path, n=1, start=40)], image_root=tmp_path)
+    assert counts == {"added": 1, "replaced": 2, "unchanged": 1}
+    again = Ret2Index.open(tmp_path / "idx")
+    assert again.documents == 39
+    hits = again.search("zebra crossing", k=50, mode="keyword")
+    assert [h.id for h in hits] == [text["id"]] and hits[0].text == "zebra crossing"  # the old version is gone
+    assert [h.id for h in again.search("red circle", k=5, filter={"rank": 99})] == [meta["id"]]
+    assert [h.id for h in again.search("red circle", k=5, filter={"rank": by_id[meta["id"]]["rank"]})] == []
+    ids = [h.id for h in again.search(queries[0], k=50)]
+    assert len(ids) == len(set(ids)) == 39 and "d40" in ids
+
+
+def test_delete_and_upsert_from_the_command_line(model_dir, tmp_path, capsys):
+    from ret2.commands.index import run as main
+
+    Ret2Index.build(tmp_path / "idx", _records(tmp_path, n=6), model=model_dir, image_root=tmp_path)
+    capsys.readouterr()
+    main(["delete", str(tmp_path / "idx"), "d0", "d1", "nope", "--missing-ok"])
+    assert "deleted 2 documents (1 not in the index)" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="nope"):
+        main(["delete", str(tmp_path / "idx"), "nope"])
+    changed = _records(tmp_path, n=2, start=2)
+    changed[0]["text"] = "zebra"
+    (tmp_path / "new.jsonl").write_text("".join(json.dumps(r) + "\n" for r in changed))
+    main(["upsert", str(tmp_path / "idx"), str(tmp_path / "new.jsonl")])
+    assert "0 added, 1 replaced, 1 unchanged" in capsys.readouterr().out
+    index = Ret2Index.open(tmp_path / "idx")
+    assert index.documents == 4 and {h.id for h in index.search("red circle", k=10)} == {"d2", "d3", "d4", "d5"}

@@ -131,13 +131,15 @@ def test_metadata_of_mixed_types_is_refused_naming_the_field():
 
 
 def test_milvus_expressions():
-    assert to_milvus({"album": "trip"}) == '(metadata["album"] == "trip")'
-    assert to_milvus({"year": {"$gte": 2020, "$lt": 2023}}) == ('((metadata["year"] >= 2020) and '
-                                                                 '(metadata["year"] < 2023))')  # fmt: skip
-    assert to_milvus({"a": {"$nin": ["x", 'say "hi"']}}) == ('(exists metadata["a"] and metadata["a"] not in '
-                                                              '["x", "say \\"hi\\""])')  # fmt: skip
+    assert to_milvus({"album": "trip"}) == '(exists metadata["album"] and metadata["album"] == "trip")'
+    assert to_milvus({"year": {"$gte": 2020, "$lt": 2023}}) == ('((exists metadata["year"] and metadata["year"] >= 2020) '
+                                                                 'and (exists metadata["year"] and metadata["year"] < '
+                                                                 '2023))')  # fmt: skip
+    assert to_milvus({"a": {"$nin": ["x", 'say "hi"']}}) == ('(exists metadata["a"] and not (metadata["a"] == "x" or '
+                                                              'metadata["a"] == "say \\"hi\\""))')  # fmt: skip
+    assert to_milvus({"a": {"$in": [1, 2]}}) == '(exists metadata["a"] and (metadata["a"] == 1 or metadata["a"] == 2))'
     assert to_milvus({"$or": [{"p": True}, {"$not": {"s": {"$exists": True}}}]}) == (
-        '((metadata["p"] == true) or (not exists metadata["s"]))')
+        '((exists metadata["p"] and metadata["p"] == true) or (not exists metadata["s"]))')
     with pytest.raises(FilterError, match=r"\$near"):
         to_milvus({"a": {"$near": 1}})
     assert check_filter({"a": 1}) == {"a": 1}
