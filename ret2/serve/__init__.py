@@ -2,8 +2,10 @@
 
 - `inputs`: reading requests (the OpenAI embedding request, the search request, images given inline) and the limits;
 - `batching`: `DynamicBatcher`, which coalesces concurrent requests into batches of the model's one-call `encode`;
+- `metrics`: what `GET /metrics` reports (prometheus-client);
 - `app`: `Service` (what is served) and `create_app`, the FastAPI app: `POST /v1/embeddings`, `POST /search`,
-  `GET /images/...`, `GET /health` and the search page (`page.html`) at `GET /`.
+  `GET /images/...`, `GET /thumbnails/...`, `GET /health`, `GET /ready`, `GET /metrics` and the search page
+  (`page.html`) at `GET /`.
 
 The command is `ret2-serve` (`python -m ret2.serve`); it needs the `serve` extra. Guide: docs/serving.md.
 """

@@ -153,18 +153,21 @@ class EmbeddingRequest:
     samples: list  # (text or None, PIL image or None) per input, in order
     input_type: str
     encoding_format: str
+    dimensions: int | None = None  # a Matryoshka size: the embeddings' re-normalised prefixes; None: the full size
 
 
 def parse_embedding_request(
-    body: dict, limits: Limits, dim: int, orientation: str = "upright", image_root: Path | None = None
+    body: dict, limits: Limits, sizes: tuple[int, ...], orientation: str = "upright", image_root: Path | None = None
 ) -> EmbeddingRequest:
     """An OpenAI embedding request (`input`: a string, a list of strings, or a list of `{"text", "image"}` objects)
-    plus `input_type` (default "query")."""
+    plus `input_type` (default "query"); `dimensions`, if given, must be one of `sizes` (the embedding sizes served)."""
     _check_fields(body, EMBEDDING_FIELDS)
     if "model" in body and not isinstance(body["model"], str):
         raise RequestError(400, "model must be a string")
-    if body.get("dimensions") not in (None, dim):
-        raise RequestError(400, f"dimensions={body['dimensions']!r}: this model's embeddings have {dim} dimensions")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or dimensions not in sizes):
+        raise RequestError(400, f"dimensions={dimensions!r} is not a size this model serves: valid sizes are "
+                                f"{list(sizes)} (its embedding size and the Matryoshka sizes it was trained for)")  # fmt: skip
     encoding_format = _choice(body, "encoding_format", ENCODING_FORMATS, "float")
     input_type = _choice(body, "input_type", INPUT_TYPES, "query")
     if "input" not in body:
@@ -188,7 +191,7 @@ def parse_embedding_request(
         else:
             raise RequestError(400, f"{where}: a {type(item).__name__} is not an input (token ids are not accepted); "
                                     "give a string or a {text, image} object")  # fmt: skip
-    return EmbeddingRequest(samples, input_type, encoding_format)
+    return EmbeddingRequest(samples, input_type, encoding_format, dimensions)
 
 
 @dataclass

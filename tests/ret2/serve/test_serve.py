@@ -9,7 +9,6 @@ import http.client
 import json
 import os
 import struct
-import subprocess
 import sys
 import threading
 import zlib
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import processes
 from conftest import WORDS, pattern
 
 from ret2.index import Ret2Index
@@ -43,9 +43,26 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
+MATRYOSHKA = [32, 16, 8]
+
+
 @pytest.fixture(scope="module")
-def index(tiny_model_dir, photos, tmp_path_factory) -> Ret2Index:
-    return Ret2Index.build(tmp_path_factory.mktemp("serve") / "index", photos, model=tiny_model_dir)
+def matryoshka_model_dir(tiny, tmp_path_factory) -> Path:
+    """The tiny model saved as one trained for the Matryoshka sizes 32 (its full size), 16 and 8."""
+    model, processor = tiny
+    folder = tmp_path_factory.mktemp("matryoshka") / "ret2-tiny"
+    model.config.matryoshka_dims = MATRYOSHKA
+    try:
+        model.save_pretrained(folder)
+    finally:
+        model.config.matryoshka_dims = None
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def index(matryoshka_model_dir, photos, tmp_path_factory) -> Ret2Index:
+    return Ret2Index.build(tmp_path_factory.mktemp("serve") / "index", photos, model=matryoshka_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +72,9 @@ def server(index, tmp_path_factory):
         yield s
 
 
-def encode(index: Ret2Index, inputs: list, kind: str = "query") -> np.ndarray:
-    return index.model.encode(inputs, kind=kind, processor=index.processor, image_orientation=index.image_orientation)
+def encode(index: Ret2Index, inputs: list, kind: str = "query", **options) -> np.ndarray:
+    return index.model.encode(inputs, kind=kind, processor=index.processor, image_orientation=index.image_orientation,
+                              **options)  # fmt: skip
 
 
 def test_openai_client_gets_model_encode_embeddings(server, index, photos):
@@ -79,6 +97,30 @@ def test_openai_client_gets_model_encode_embeddings(server, index, photos):
         response = client.embeddings.create(model="ret2", input=both, extra_body={"input_type": kind})
         np.testing.assert_allclose([response.data[0].embedding],
                                    encode(index, [("green star", photos / "p3.png")], kind), atol=1e-4)  # fmt: skip
+
+
+def test_dimensions_gives_the_renormalised_matryoshka_prefixes(server, index, photos):
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="not-needed", max_retries=0)
+    inputs = ["a red circle on the left", {"text": "green star", "image": b64(photos / "p3.png")}]
+    for size in (8, 16, 32):
+        response = client.embeddings.create(model="ret2", input=inputs, dimensions=size)
+        got = np.array([d.embedding for d in response.data])
+        expected = encode(index, ["a red circle on the left", ("green star", photos / "p3.png")], truncate_dim=size)
+        assert got.shape == (2, size)
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1, atol=1e-5)
+    for size in (12, 64, 0):
+        with pytest.raises(BadRequestError, match=rf"dimensions={size} is not a size this model serves: valid sizes "
+                                                  r"are \[32, 16, 8\]"):  # fmt: skip
+            client.embeddings.create(model="ret2", input="a", dimensions=size)
+
+
+def test_ready_reports_the_open_index(server, index):
+    ready = httpx.get(server.url + "/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    assert len(index) == 10 and ready.json()["index"] == {"folder": str(index.folder), "documents": 10}
 
 
 def test_search_returns_the_hits_of_ret2index_search(server, index, photos):
@@ -180,8 +222,11 @@ def test_every_bad_request_gets_its_4xx_and_the_server_stays_healthy(server, ind
     assert "Traceback" not in server.output()
 
 
-@pytest.mark.parametrize("path", ["/images/../../etc/passwd", "/images/%2e%2e/%2e%2e/etc/passwd", "/images//etc/passwd",
-                                  "/images/%2Fetc%2Fpasswd", "/images/..%2F..%2Fetc%2Fpasswd", "/images/p9.txt.missing"])
+@pytest.mark.parametrize("path", ["/images/0/../../etc/passwd", "/images/0/%2e%2e/%2e%2e/etc/passwd",
+                                  "/images/0//etc/passwd", "/images/0/%2Fetc%2Fpasswd", "/images/0/..%2F..%2Fetc%2Fpasswd",
+                                  "/images/0/p9.txt.missing", "/images/1/p9.png", "/images/../p9.png", "/images/p9.png",
+                                  "/thumbnails/0/../../etc/passwd", "/thumbnails/0/..%2F..%2Fetc%2Fpasswd",
+                                  "/thumbnails/0/p9.txt", "/thumbnails/x/p9.png"])
 def test_images_outside_the_image_root_are_refused(server, path):
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     connection.request("GET", path)  # sent as written: http.client does not normalise `..`
@@ -191,17 +236,82 @@ def test_images_outside_the_image_root_are_refused(server, path):
 
 
 def test_an_image_in_the_root_is_served(server, photos):
-    response = httpx.get(server.url + "/images/p9.png")
+    response = httpx.get(server.url + "/images/0/p9.png")
     assert response.status_code == 200 and response.content == (photos / "p9.png").read_bytes()
+
+
+LONG_ID = "adocumentidfartoolongforonecard" * 5  # no hyphen, no space: nowhere a browser would break it by itself
+
+
+@pytest.fixture(scope="module")
+def mixed_server(matryoshka_model_dir, photos, tmp_path_factory):
+    """An index of two photos plus documents added from another folder: a TIFF, a 1200x800 JPEG, one with a long id."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("mixed")
+    built = root / "built"
+    built.mkdir()
+    for name in ("p0", "p1"):
+        (built / f"{name}.png").write_bytes((photos / f"{name}.png").read_bytes())
+        (built / f"{name}.txt").write_text((photos / f"{name}.txt").read_text())
+    index = Ret2Index.build(root / "index", built, model=matryoshka_model_dir)
+    other = root / "elsewhere"
+    other.mkdir()
+    pattern(7).save(other / "scan.tif", format="TIFF")
+    pattern(8, 64).resize((1200, 800)).save(other / "large.jpg", format="JPEG")
+    pattern(9).save(other / "long.png")
+    index.add([{"id": "scan", "text": "a scanned star", "image": str(other / "scan.tif")},
+               {"id": "large", "text": "a large photo", "image": str(other / "large.jpg")},
+               {"id": LONG_ID, "text": "long id", "image": str(other / "long.png")}], image_root=other)  # fmt: skip
+    with ServerProcess(["--index", str(index.folder)], root / "serve.log", {"RET2_API_KEY": ""}) as s:
+        yield s, other
+
+
+def test_thumbnails_for_every_indexed_image_wherever_it_lives(mixed_server):
+    from PIL import Image
+    import io
+
+    server, other = mixed_server
+    hits = httpx.post(server.url + "/search", json={"text": "star", "k": 10}).json()["hits"]
+    assert sorted(h["id"] for h in hits) == sorted(["p0.png", "p1.png", "scan", "large", LONG_ID])
+    for hit in hits:
+        thumb = httpx.get(server.url + hit["thumbnail_url"])
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg", (hit, thumb.text)
+        image = Image.open(io.BytesIO(thumb.content))
+        assert image.format == "JPEG" and max(image.size) <= 320
+    by_id = {h["id"]: h for h in hits}
+    assert by_id["large"]["image_url"].startswith("/images/1/")  # the added folder is image root 1
+    assert Image.open(io.BytesIO(httpx.get(server.url + by_id["large"]["thumbnail_url"]).content)).size == (320, 213)
+    original = httpx.get(server.url + by_id["scan"]["image_url"])
+    assert original.status_code == 200 and original.content == (other / "scan.tif").read_bytes()
+
+
+@pytest.mark.processes
+def test_a_port_taken_before_the_server_binds_it_is_replaced(tiny_model_dir, tmp_path):
+    """Two servers started at once can be given the same free port; the one that loses the bind restarts on another
+    port instead of failing, and stopping it leaves nothing of its session running."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = ServerProcess(["--model", str(tiny_model_dir)], tmp_path / "serve.log", {"RET2_API_KEY": ""})
+        server.port = taken.getsockname()[1]
+        with server:
+            assert server.port != taken.getsockname()[1]
+            assert httpx.get(server.url + "/health").status_code == 200
+        with pytest.raises(ProcessLookupError):
+            os.killpg(server.process.pid, 0)
 
 
 def test_a_non_loopback_bind_without_a_key_refuses_to_start(tiny_model_dir):
     env = {k: v for k, v in os.environ.items() if k != "RET2_API_KEY"}
-    out = subprocess.run([sys.executable, "-m", "ret2.serve", "--model", str(tiny_model_dir), "--host", "0.0.0.0"],
-                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    out = processes.run([sys.executable, "-m", "ret2.serve", "--model", tiny_model_dir, "--host", "0.0.0.0"], env=env,
+                        timeout=60)  # fmt: skip
     assert out.returncode == 1 and "needs an API key" in out.stderr
 
 
+@pytest.mark.processes
 def test_the_key_is_required_and_sigterm_answers_the_requests_in_flight(tiny_model_dir, index, tmp_path):
     from openai import AuthenticationError, OpenAI
 
@@ -233,13 +343,14 @@ def test_the_key_is_required_and_sigterm_answers_the_requests_in_flight(tiny_mod
     assert status in (0, -15) and "s3cret" not in server.output()
 
 
-@pytest.mark.skipif(not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")),
-                    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
-def test_the_search_page_in_headless_chromium(server, photos, tmp_path):
+needs_chromium = pytest.mark.skipif(
+    not (os.path.exists("/usr/bin/chromium") and os.path.exists("/usr/bin/chromedriver")),
+    reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")  # fmt: skip
+
+
+def headless_chromium(tmp_path: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
@@ -247,27 +358,43 @@ def test_the_search_page_in_headless_chromium(server, photos, tmp_path):
                  "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path}/chrome",
                  "--window-size=1100,760"):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+    return webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
+
+
+# The ids on the grid, read in one script: the page re-renders the grid when a search answers, so reading element by
+# element can meet an element that was replaced in between (a stale element reference).
+GRID_IDS = "return [...document.querySelectorAll('#grid .hit')].map(e => e.dataset.id)"
+ALL_THUMBNAILS_SHOWN = "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"
+
+
+@needs_chromium
+def test_the_search_page_in_headless_chromium(server, photos, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chromium(tmp_path)
     try:
         wait = WebDriverWait(driver, 30)
         driver.get(server.url + "/")
 
         def grid_ids():
-            return [e.get_attribute("data-id") for e in driver.find_elements(By.CSS_SELECTOR, "#grid .hit")]
+            return driver.execute_script(GRID_IDS)
 
         def search_ids(body):
             return [h["id"] for h in httpx.post(server.url + "/search", json={**body, "k": 12}).json()["hits"]]
 
-        driver.find_element(By.ID, "text").send_keys("red circle")
+        # choosing an image searches with it at once; a text typed then searches with both on "search"
         driver.find_element(By.ID, "file").send_keys(str(photos / "p6.png"))
         wait.until(lambda d: d.find_element(By.ID, "query-image").is_displayed())
+        image_only = search_ids({"image": b64(photos / "p6.png")})
+        wait.until(lambda d: grid_ids() == image_only)
+        driver.find_element(By.ID, "text").send_keys("red circle")
         driver.find_element(By.ID, "go").click()
         expected = search_ids({"text": "red circle", "image": b64(photos / "p6.png")})
         wait.until(lambda d: grid_ids() == expected)
-        captions = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#grid .caption")]
+        captions = driver.execute_script("return [...document.querySelectorAll('#grid .caption')].map(e => e.innerText)")
         assert captions == [(photos / f"{i.removesuffix('.png')}.txt").read_text() for i in expected]
-        wait.until(lambda d: d.execute_script(
-            "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth > 0)"))
+        wait.until(lambda d: d.execute_script(ALL_THUMBNAILS_SHOWN))
         if os.environ.get("RET2_SERVE_SCREENSHOT"):
             driver.save_screenshot(os.environ["RET2_SERVE_SCREENSHOT"])
 
@@ -277,6 +404,36 @@ def test_the_search_page_in_headless_chromium(server, photos, tmp_path):
         expected = search_ids({"text": text, "image": b64(photos / clicked)})
         wait.until(lambda d: grid_ids() == expected)
         assert driver.find_element(By.ID, "text").get_attribute("value") == text
+    finally:
+        driver.quit()
+
+
+@needs_chromium
+def test_the_page_shows_every_thumbnail_fits_long_ids_and_searches_on_choosing_an_image(mixed_server, photos, tmp_path):
+    """Documents added from another folder, a TIFF and a 1200x800 JPEG all show thumbnails; a long id stays inside its
+    card; choosing an image searches at once (no click on "search")."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, _ = mixed_server
+    driver = headless_chromium(tmp_path)
+    try:
+        wait = WebDriverWait(driver, 30)
+        driver.get(server.url + "/")
+        driver.find_element(By.ID, "file").send_keys(str(photos / "p6.png"))
+        expected = [h["id"] for h in httpx.post(server.url + "/search", json={"image": b64(photos / "p6.png"),
+                                                                             "k": 12}).json()["hits"]]  # fmt: skip
+        wait.until(lambda d: d.execute_script(GRID_IDS) == expected)
+        assert len(expected) == 5
+        wait.until(lambda d: d.execute_script(ALL_THUMBNAILS_SHOWN))
+        sources = driver.execute_script("return [...document.querySelectorAll('#grid img')].map(i => i.naturalWidth)")
+        assert all(0 < width <= 320 for width in sources)
+        overflowing = driver.execute_script(
+            "return [...document.querySelectorAll('#grid .hit')].filter(c => c.scrollWidth > c.clientWidth)"
+            ".map(c => c.dataset.id)")
+        assert overflowing == []
+        if os.environ.get("RET2_SERVE_SCREENSHOT_MIXED"):
+            driver.save_screenshot(os.environ["RET2_SERVE_SCREENSHOT_MIXED"])
     finally:
         driver.quit()
 
