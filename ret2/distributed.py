@@ -13,18 +13,7 @@ import torch
 import torch.distributed as dist
 
 from .model import default_device
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on: its affinity mask where the OS has one (as PyTorch's DataLoader counts
-    them), else every core."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def default_num_workers() -> int:
-    """DataLoader workers by default: 4, or one per available core on a smaller machine (more workers than cores
-    only make PyTorch warn and the workers compete with the model for the cores)."""
-    return min(4, available_cores())
+from .options import available_cores, default_num_workers  # noqa: F401 - light, shared with the commands
 
 
 @dataclass(frozen=True)

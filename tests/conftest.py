@@ -1,3 +1,4 @@
+import tomllib
 import os
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from ret2.tiny import tiny_model_and_processor
 torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: tests/ sits at its root
+# The installed commands (pyproject's [project.scripts]): name -> the module of the command layer that runs it.
+COMMANDS = {name: target.removesuffix(":main")
+            for name, target in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"].items()}  # fmt: skip
 
 WORDS = "red green blue yellow circle square triangle star left right top bottom small big".split()
 

@@ -3,10 +3,10 @@ late-interaction scores, in-batch recall@1, the Matryoshka sum over prefixes, an
 
 import math
 import os
-import subprocess
 import sys
 
 import pytest
+import processes
 import torch
 import torch.nn.functional as F
 from conftest import REPO
@@ -173,6 +173,7 @@ def test_invalid_inputs_raise():
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_ddp_matches_single_process(tmp_path):
     """Pins the local-vs-gathered scheme under 2 gloo processes, with duplicate ids and hard negatives:
     the mean of the rank losses is the single-process loss on the global batch, and the DDP-averaged
@@ -180,12 +181,8 @@ def test_ddp_matches_single_process(tmp_path):
     pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    proc = subprocess.run(
-        [*cmd, str(REPO / "tests" / "ret2" / "training" / "dist_loss_worker.py"), str(tmp_path)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
-    if proc.returncode != 0:
-        pytest.fail(f"worker exited with {proc.returncode}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    processes.run([*cmd, REPO / "tests" / "ret2" / "training" / "dist_loss_worker.py", tmp_path], cwd=REPO, env=env,
+                  timeout=300, check=True)  # fmt: skip
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for n_vectors in (1, 3):
         ref = ranks[0][n_vectors]
