@@ -373,6 +373,7 @@ def encode_samples(
     open_image: Callable[[int, object], object] | None = None,
     show_progress_bar: bool = False,
     desc: str = "Encoding",
+    on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """The one batching engine: embeddings of (text, image) samples through `encode` (a model's `encode_queries` or
     `encode_documents`), rows in input order. `Ret2Model.encode`, evaluation and the index all encode through it.
@@ -381,7 +382,8 @@ def encode_samples(
     within each group), so a batch runs as few towers and as little padding as it can; each batch is loaded and
     preprocessed by `Ret2InputBatches` (in `num_workers` DataLoader workers while the model encodes). Image files are
     read with `image_orientation`, or by `open_image(index, image)` when given (a picklable callable: a caller that
-    knows where each sample came from names it in errors).
+    knows where each sample came from names it in errors). `on_batch(n)` is called after each batch of n samples (a
+    caller's own progress bar, over several calls).
 
     Returns:
         (N, D) or (N, K, D) embeddings on `device`, in the model's dtype.
@@ -398,6 +400,8 @@ def encode_samples(
     with torch.inference_mode():
         for features in logging.tqdm(loader, total=len(batches), disable=not show_progress_bar, desc=desc):
             embeddings.append(encode(**{k: v.to(device, non_blocking=True) for k, v in features.items()}))
+            if on_batch is not None:
+                on_batch(len(embeddings[-1]))
         # Rows come in sorted order: row r of the concatenation is input order[r].
         restore = torch.empty(len(order), dtype=torch.long)
         restore[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))

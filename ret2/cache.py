@@ -30,14 +30,15 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .data.images import check_orientation
 from .encoding import ItemLoader, encode_items
+from .options import SHARD_SIZE  # items per cache shard: the unit of resuming and of the split between ranks
 
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 3  # bump when what is encoded for a record changes (text formatting, image handling)
-SHARD_SIZE = 10_000  # items per cache shard: the unit of resuming and of the split between ranks
 
 
 @dataclass
@@ -168,19 +169,31 @@ def encode_pool(
     if not todo:
         return
     name = pool.name + (f" (rank {rank})" if world_size > 1 else "")
-    for n, shard in enumerate(todo, 1):
-        start, stop = bounds[shard]
-        embeddings = encode_items(model, processor, pool.load(start, stop), image_root, "document", batch_size,
-                                  num_workers, f"encode {name}, shard {n}/{len(todo)}", orientation=orientation,
-                                  show_progress_bar=rank == 0)  # fmt: skip
-        ids = "".join(f"{i}\n" for i in pool.ids[start:stop]).encode()
-        write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(ids))
-        npy = _shard_path(folder, shard, ".npy")
-        write_atomic(npy, lambda f: np.save(f, embeddings))
-        manifest = {"rows": len(embeddings), "shape": list(embeddings.shape), "bytes": npy.stat().st_size}
-        write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))  # last
-        if on_shard is not None:
-            on_shard(shard)
+    # one bar for this rank's part of the pool: documents done of all its shards (the cached ones count as done)
+    total = sum(stop - start for start, stop in bounds.values())
+    done = total - sum(bounds[shard][1] - bounds[shard][0] for shard in todo)
+    with tqdm(total=total, initial=done, unit="doc", desc=f"encode {name}", disable=rank != 0) as progress:
+        for shard in todo:
+            start, stop = bounds[shard]
+            embeddings = encode_items(model, processor, pool.load(start, stop), image_root, "document", batch_size,
+                                      num_workers, f"encode {name}", orientation=orientation, show_progress_bar=False,
+                                      on_batch=progress.update)  # fmt: skip
+            write_shard(folder, shard, pool.ids[start:stop], embeddings)
+            if on_shard is not None:
+                on_shard(shard)
+
+
+def write_shard(folder: str | Path, shard: int, ids: Sequence[str], embeddings: np.ndarray) -> None:
+    """Write shard number `shard` of a pool's cache folder: its items' ids and fp16 embeddings, then its manifest (last:
+    a shard without one is encoded again)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = "".join(f"{i}\n" for i in ids).encode()
+    write_atomic(_shard_path(folder, shard, ".ids"), lambda f: f.write(data))
+    npy = _shard_path(folder, shard, ".npy")
+    write_atomic(npy, lambda f: np.save(f, np.asarray(embeddings, np.float16)))
+    manifest = {"rows": len(embeddings), "shape": list(embeddings.shape), "bytes": npy.stat().st_size}
+    write_atomic(_shard_path(folder, shard, ".json"), lambda f: f.write(json.dumps(manifest).encode()))
 
 
 def load_pool(pool: Pool, folder: str | Path, shard_size: int = SHARD_SIZE) -> Embeddings:

@@ -110,6 +110,7 @@ def encode_items(
     orientation: str,
     show_progress_bar: bool = True,
     truncate_dim: int | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """fp16 embeddings, (N, D) or (N, K, D), of items, in order, through the model's one batching engine
     (`modeling_ret2.encode_samples`: sorted by modality and length, order restored).
@@ -117,7 +118,8 @@ def encode_items(
     `side` is "query" or "document"; `orientation` how image files are read (one of `IMAGE_ORIENTATIONS`). A record
     with neither text nor image, or a missing or unreadable image, raises an error naming the record's file and line,
     the image path and the record id. `truncate_dim`: keep that prefix of each embedding, re-normalised (checked by
-    the model's config: `Ret2Config.check_truncate_dim`).
+    the model's config: `Ret2Config.check_truncate_dim`). `on_batch(n)`: called after each batch of n items (a
+    progress bar over several calls, shown instead of this call's own when `show_progress_bar` is False).
     """
     if not items:
         raise ValueError(f"{desc}: nothing to encode")
@@ -136,7 +138,7 @@ def encode_items(
         model.encode_queries if side == "query" else model.encode_documents, processor,
         [(item.text or None, item.image or None) for item in items], device=next(model.parameters()).device,
         batch_size=batch_size, num_workers=num_workers, open_image=_ItemImages(items, image_root, orientation),
-        show_progress_bar=show_progress_bar, desc=desc,
+        show_progress_bar=show_progress_bar, desc=desc, on_batch=on_batch,
     )  # fmt: skip
     return truncate_embeddings(embeddings.float(), truncate_dim).cpu().numpy().astype(np.float16)
 

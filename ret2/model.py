@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the model dtypes every command takes (`--dtype`)
+from .options import DTYPE_NAMES  # the model dtypes every command takes (`--dtype`)
 # Files of a model folder that can change its embeddings: config, weights, tokenizer / processor files, remote code.
 MODEL_FILE_SUFFIXES = (".json", ".safetensors", ".bin", ".txt", ".model", ".py")
 

@@ -17,13 +17,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import processes
 from conftest import REPO, WORDS, pattern
 
 from ret2.tiny import tiny_model_and_processor
@@ -47,7 +47,10 @@ EXPECTED_OUTPUT = {
     ("using.md", "SentenceTransformer("): "torch.Size([2, 2])",
     ("using.md", "dtype=torch.bfloat16).eval()"): "torch.bfloat16",
     ("publishing.md", "ls staged/"): "model.safetensors",
-    ("your-collection.md", "python -m ret2.rag"): "What is shown in the picture?",
+    ("your-collection.md", "ret2-rag"): "What is shown in the picture?",
+    ("your-collection.md", 'filter={"album": "trip", "year": {"$gte": 2022}}'): "['beach']",
+    ("your-collection.md", 'mode="keyword"'): "['sofa', 'beach']",
+    ("mteb.md", "model = Ret2Encoder(\"runs/demo"): "Ret2Encoder 7",
 }
 
 
@@ -129,8 +132,7 @@ def run_shell(block: Block, folder: Path) -> tuple[int, str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # the venv's ret2-* and python
     env.pop("VIRTUAL_ENV", None)
-    out = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.code], cwd=folder, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    out = processes.run(["bash", "-e", "-o", "pipefail", "-c", block.code], cwd=folder, env=env, timeout=600)
     return out.returncode, out.stdout, out.stderr
 
 
@@ -176,6 +178,10 @@ def test_block_runs_as_written(block, fixtures, tmp_path_factory):
             assert expected in stdout, f"{block.id} did not print {expected!r}:\n{stdout[-3000:]}"
     if block.page.name == "README.md" and "Ret2Index.build" in block.code:  # the ten-line example: five hits
         assert len(re.findall(r"(?m)^-?\d\.\d{3} img0\d\.jpg ", stdout)) == 5, stdout
+    if block.page.name == "README.md" and "--filter" in block.code:  # a filtered search, then a hybrid one
+        ids = r"(?m)^ +\d+ +-?\d+\.\d{4}  (\S+)"  # rank, score, id of each printed hit
+        filtered, hybrid = [re.findall(ids, part) for part in stdout.split("query: ")[1:]]
+        assert filtered == ["beach"] and hybrid[0] == "sofa", stdout
     print(f"{block.id} ran in {time.perf_counter() - start:.1f} s")
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import AutoModel, CLIPImageProcessorPil
 
 from modeling_ret2 import Ret2Processor
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
 from ret2.tiny import word_tokenizer
 
 from .common import build_model, machine_info

@@ -36,7 +36,7 @@ from ret2.search import search
 from ret2.data.synthetic import generate_mbeir
 from ret2.tiny import tiny_model_and_processor, words_of
 
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
 
 from .common import machine_info
 

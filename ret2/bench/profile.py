@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
 
 from .common import SIZES, build_model, make_inputs
 

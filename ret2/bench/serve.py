@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
 
 MODALITIES = ("text", "image", "text+image")
 WORDS = "red green blue yellow circle square triangle star left right top bottom small big".split()

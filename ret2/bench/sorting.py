@@ -22,7 +22,7 @@ import torch
 from transformers import CLIPImageProcessorPil
 
 from modeling_ret2 import Ret2Processor, encode_samples
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
 from ret2.tiny import word_tokenizer
 
 from .common import build_model, machine_info

@@ -29,8 +29,9 @@ from ret2.metrics import compute_retrieval_metrics
 from ret2.data.synthetic import generate_mbeir
 from transformers import TrainingArguments
 
-from ret2.cli import ArgumentParser, run_cli
-from ret2.training.train import DataArguments, ModelArguments, build_datasets, load_training_model, train
+from ret2.commands._common import ArgumentParser, run_cli
+from ret2.training.arguments import DataArguments, ModelArguments
+from ret2.training.train import build_datasets, load_training_model, train
 
 from .common import machine_info
 

@@ -19,7 +19,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
 from ret2.data.mbeir import EVAL_ROWS
 
 RANK_BY = ("score", "rank")

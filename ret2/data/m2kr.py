@@ -70,6 +70,7 @@ class M2KRDataset:
 
 
 # MSMARCO of the original M2KR is left out: it has no query images and ReT-M2KR drops it.
+LAYOUTS = ("ret", "parquet")  # ReT-M2KR jsonl files, or the original M2KR parquet configs
 M2KR_DATASETS: dict[str, M2KRDataset] = {d.name: d for d in (
     M2KRDataset("WIT", "wit", "WIT", 10),
     M2KRDataset("IGLUE", "iglue", "IGLUE", 1),

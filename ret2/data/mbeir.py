@@ -55,6 +55,7 @@ _SHORT = {"text": "t", "image": "i", "image,text": "(i,t)"}
 # Fixed locations inside the dataset root.
 GLOBAL_POOL = "cand_pool/global/mbeir_union_test_cand_pool.jsonl"
 TRAIN_QUERIES = "query/union_train/mbeir_union_up_train.jsonl"
+EVAL_POOLS = ("local", "global", "both")  # what an evaluation searches: each row's local pool, the global pool, both
 TRAIN_POOL = "cand_pool/global/mbeir_union_train_cand_pool.jsonl"
 INSTRUCTIONS = "instructions/query_instructions.tsv"
 INSTRUCTION_COLUMNS = ("query_modality", "cand_modality", "dataset_name", "dataset_id",

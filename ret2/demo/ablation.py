@@ -24,14 +24,15 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 from transformers import AutoConfig  # noqa: E402
 
-from ret2.cli import ArgumentParser, run_cli  # noqa: E402
+from ret2.commands._common import ArgumentParser, run_cli  # noqa: E402
+from ret2.commands.demo import add_run_arguments, check_run_args  # noqa: E402
 from ret2.data.mbeir import EVAL_ROWS  # noqa: E402
 from ret2.tiny import tiny_config, tiny_processor  # noqa: E402
 
-from ret2.training.mining import MiningOptions  # noqa: E402
+from ret2.training.arguments import MiningOptions  # noqa: E402
 
 from .seeds import (  # noqa: E402
-    BASELINE, NegativesVariant, add_run_arguments, aggregate, cell, check_run_args, mean_chance, row_table, run_seeds, seed_table,
+    BASELINE, NegativesVariant, aggregate, cell, mean_chance, row_table, run_seeds, seed_table,
     start_run,
 )  # fmt: skip
 

@@ -20,13 +20,14 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from modeling_ret2 import Ret2Model
-from ret2.cli import ArgumentParser, run_cli
+from ret2.commands._common import ArgumentParser, run_cli
+from ret2.commands.demo import add_run_arguments, check_run_args
 from ret2.eval.encoder import EncodeOptions
 from ret2.eval.mbeir import evaluate_mbeir
 from ret2.training.train import train
 
 from .seeds import (
-    POOLS, Progress, StepProgress, add_run_arguments, check_run_args, data_arguments, model_arguments, one_torch_thread,
+    POOLS, Progress, StepProgress, data_arguments, model_arguments, one_torch_thread,
     start_run, training_kwargs,
 )  # fmt: skip
 

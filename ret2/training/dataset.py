@@ -34,7 +34,6 @@ from ret2.jsonl import check_unique_ids
 if TYPE_CHECKING:  # imported where tables are built: importing the module (and every --help) stays light
     import datasets
 
-FORMATS = ("mbeir", "m2kr")
 Instructions = Mapping[tuple[int, str, str], Sequence[str]]
 
 

@@ -8,7 +8,7 @@ still could not hold `logit_scale`, a bare parameter of the root model.
 A LoRA run saves, in every checkpoint and in the final folder, the plain `Ret2Model` with the adapters merged into
 the tower weights: it loads with `AutoModel.from_pretrained(..., trust_remote_code=True)` and needs no peft. Beside
 it, `LORA_STATE_NAME` holds the unmerged trainable tensors (adapters, encoders, logit_scale) a resumed run restarts
-from; `ret2.training.train --merge_lora` leaves it out of the final folder.
+from; `ret2-train --merge_lora` leaves it out of the final folder.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from peft.tuners.lora import LoraLayer
 
 # The towers' attention projections (CLIP and SigLIP name them alike); the cell's attentions, which carry the same
 # names under `query_encoder` / `document_encoder`, are trained fully instead.
-DEFAULT_LORA_TARGETS = r".*(text_model|vision_model)\..*\.(q_proj|k_proj|v_proj|out_proj)"
+from .arguments import DEFAULT_LORA_TARGETS  # noqa: E402 - light, the command's --help shows it
 LORA_STATE_NAME = "lora_state.safetensors"
 
 

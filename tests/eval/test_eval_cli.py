@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import processes
 import torch
 from conftest import REPO
 
+from ret2.commands import eval_m2kr, eval_mbeir
 from ret2.eval import m2kr, mbeir
 from ret2.bench.trec_agreement import compare
 from ret2.eval.encoder import EncodeOptions
@@ -57,7 +59,7 @@ def model_dir(data, tmp_path_factory) -> Path:
 
 
 def run_mbeir(model_dir: Path, data: Path, out: Path, *extra: str) -> dict:
-    return mbeir.main(["--model", str(model_dir), "--data-root", str(data), "--output-dir", str(out),
+    return eval_mbeir.run(["--model", str(model_dir), "--data-root", str(data), "--output-dir", str(out),
                        "--device", "cpu", "--num-workers", "0", "--shard-size", "5", *extra])
 
 
@@ -175,8 +177,9 @@ def test_partial_root_evaluates_the_rows_it_has(mbeir_run, model_dir, data, tmp_
     assert str(error.value).count(".jsonl") == 6 and "\n" not in str(error.value)
 
 
-def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path):
-    """An encoding killed after 2 shards resumes with the others only and ends with the same bytes."""
+def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path, capsys):
+    """An encoding killed after 2 shards resumes with the others only and ends with the same bytes; its progress bar
+    counts the documents of the whole pool."""
     model, processor = load_model_and_processor(str(model_dir))
     pool = mbeir.candidate_pool(ROWS["mbeir_cirr_task7_test"], data, tmp_path)  # 16 candidates: shards of 3 -> 6
     fingerprint = model_fingerprint(str(model_dir))
@@ -196,9 +199,13 @@ def test_resumed_encoding_equals_an_uninterrupted_one(model_dir, data, tmp_path)
         encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3,
                     on_shard=crash_after_two, orientation="stored")
     written.clear()
+    capsys.readouterr()
     encode_pool(model, processor, pool, folder("resumed"), data, batch_size=2, shard_size=3, on_shard=written.append,
                 orientation="stored")
     assert written == [2, 3, 4, 5]
+    # one progress bar over the pool, starting from the 6 documents of the 2 cached shards, not one bar per shard
+    bar = capsys.readouterr().err
+    assert f"encode {pool.name}:" in bar and " 6/16 " in bar and " 16/16 " in bar and "shard" not in bar, bar
     full, resumed = load_pool(pool, folder("full"), 3), load_pool(pool, folder("resumed"), 3)
     assert resumed.ids == full.ids == pool.ids
     np.testing.assert_array_equal(np.concatenate(resumed.shards), np.concatenate(full.shards))
@@ -260,7 +267,7 @@ def test_multi_vector_model_end_to_end(data, tmp_path):
 
 
 def test_m2kr_end_to_end(model_dir, data, tmp_path):
-    results = m2kr.main(["--model", str(model_dir), "--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path),
+    results = eval_m2kr.run(["--model", str(model_dir), "--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path),
                          "--device", "cpu", "--num-workers", "1", "--batch-size", "6"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved.pop("model")["fingerprint"] == model_fingerprint(str(model_dir))
@@ -274,16 +281,17 @@ def test_m2kr_end_to_end(model_dir, data, tmp_path):
     assert [int(line[3]) for line in lines[:5]] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.processes
 def test_m2kr_finds_the_generators_m2kr_folder_from_a_new_process(model_dir, data, tmp_path):
     """`ret2-synthetic` writes M-BEIR under ROOT and ReT-M2KR under ROOT/m2kr: `ret2-eval-m2kr --data-root ROOT`
     evaluates ROOT/m2kr (images relative to it) with the same scores as `--data-root ROOT/m2kr`. Started as
     `python -m`, its INFO lines (logger `__main__`) are shown like the installed command's."""
     common = ["--model", str(model_dir), "--device", "cpu", "--num-workers", "0", "--datasets", "OVEN"]
-    run = subprocess.run([sys.executable, "-m", "ret2.eval.m2kr", "--data-root", str(data), "--output-dir", str(tmp_path / "root"), *common],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = processes.run([sys.executable, "-m", "ret2.eval.m2kr", "--data-root", data, "--output-dir", tmp_path / "root",
+                         *common], timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert f"M2KR data found under {data / 'm2kr'}" in run.stderr
-    direct = m2kr.main(["--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path / "m2kr"), *common])
+    direct = eval_m2kr.run(["--data-root", str(data / "m2kr"), "--output-dir", str(tmp_path / "m2kr"), *common])
     found = json.loads((tmp_path / "root" / "results.json").read_text())
     assert found.pop("model")["fingerprint"] == model_fingerprint(str(model_dir))
     assert found.pop("data") == {"root": str(data / "m2kr"), "generated": True} and found == direct
@@ -292,8 +300,8 @@ def test_m2kr_finds_the_generators_m2kr_folder_from_a_new_process(model_dir, dat
 def test_m2kr_without_data_names_both_folders_it_looked_in(tmp_path):
     (tmp_path / "m2kr").mkdir()
     command = Path(sys.executable).parent / "ret2-eval-m2kr"
-    run = subprocess.run([str(command), "--model", "unused", "--data-root", str(tmp_path), "--output-dir",
-                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120)  # fmt: skip
+    run = processes.run([command, "--model", "unused", "--data-root", tmp_path, "--output-dir", tmp_path / "out"],
+                        timeout=120)  # fmt: skip
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == (
         f"ret2-eval-m2kr: error: no M2KR sub-dataset in the 'ret' layout under {tmp_path} or "
@@ -310,7 +318,7 @@ def test_m2kr_wrong_image_root_fails_before_encoding(model_dir, data, tmp_path):
     assert first["image_path"].startswith("images/") and (m2kr_root / first["image_path"]).is_file()
     with pytest.raises(FileNotFoundError, match=rf"oven_test.jsonl:{line_no}: image '{first['image_path']}' of record "
                                                 rf"'{first['data_id']}' is not under the image root {m2kr_root}/images"):
-        m2kr.main(["--model", str(model_dir), "--data-root", str(m2kr_root), "--image-root", str(m2kr_root / "images"),
+        eval_m2kr.run(["--model", str(model_dir), "--data-root", str(m2kr_root), "--image-root", str(m2kr_root / "images"),
                    "--output-dir", str(tmp_path), "--device", "cpu", "--num-workers", "0", "--datasets", "OVEN"])
     assert not list(tmp_path.rglob("*.npy"))
 
@@ -321,7 +329,7 @@ def test_missing_image_names_file_line_and_path(model_dir, data, tmp_path):
     line_no, record = list(read_json_lines(pool))[2]
     (root / record["img_path"]).unlink()
     with pytest.raises(FileNotFoundError) as error:  # raised in a DataLoader worker, re-raised here
-        mbeir.main(["--model", str(model_dir), "--data-root", str(root), "--output-dir", str(tmp_path / "out"),
+        eval_mbeir.run(["--model", str(model_dir), "--data-root", str(root), "--output-dir", str(tmp_path / "out"),
                     "--device", "cpu", "--num-workers", "1", "--pool", "local", "--tasks", "nights_task4"])
     assert f"{pool}:{line_no}" in str(error.value) and record["img_path"] in str(error.value)
 
@@ -344,13 +352,14 @@ def test_unknown_task_lists_the_valid_ones():
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_torchrun_two_processes_match_one(mbeir_run, model_dir, data, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo, CPU): each rank encodes half of every pool; rank 0 scores. Same results."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "ret2.eval.mbeir", "--model", str(model_dir), "--data-root", str(data), "--output-dir", str(tmp_path),
                "--device", "cpu", "--num-workers", "0", "--shard-size", "5", "--pool", "both", "--batch-size", "4"]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    result = processes.run(command, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "results.json").read_text()) == json.loads((mbeir_run / "results.json").read_text())
     for run in sorted((mbeir_run / "runs").rglob("*.trec")):

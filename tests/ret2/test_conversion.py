@@ -24,7 +24,8 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel
 
-from ret2.conversion import convert_ret1, main, ret1_config_to_ret2
+from ret2.commands.convert_ret1 import run as main
+from ret2.conversion import convert_ret1, ret1_config_to_ret2
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.tiny import tiny_processor
 
@@ -555,13 +556,13 @@ def test_cli(base_checkpoint, processor_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_module_cli_output_loads_in_clean_process(base_checkpoint, processor_dir, tmp_path):
-    """`python -m ret2.conversion`, then the folder loads with trust_remote_code where our packages are not
+    """`python -m ret2.commands.convert_ret1`, then the folder loads with trust_remote_code where our packages are not
     importable, and gives the embeddings of the reference ReT-1."""
     config, tensors = base_checkpoint
     source = write_ret1(tmp_path / "ret1", config, tensors)
     folder = tmp_path / "ret2"
     subprocess.run(
-        [sys.executable, "-m", "ret2.conversion", str(source), "--output-dir", str(folder), "--tokenizer", str(processor_dir),
+        [sys.executable, "-m", "ret2.commands.convert_ret1", str(source), "--output-dir", str(folder), "--tokenizer", str(processor_dir),
          "--image-processor", str(processor_dir)],
         check=True, capture_output=True, text=True,
         env={"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)},

@@ -17,6 +17,7 @@ from ret2.data.synthetic import generate_mbeir
 from ret2.cache import cache_folder, load_pool
 from ret2.model import load_model_and_processor, model_fingerprint
 from ret2.eval.encoder import EncodeOptions
+from ret2.commands import eval_mbeir
 from ret2.eval import mbeir
 from ret2.index import Ret2Index
 from ret2.tiny import tiny_model_and_processor, words_of
@@ -79,7 +80,7 @@ def test_evaluation_encodes_the_stored_pixels_and_the_flag_switches_to_upright(s
     stored = cached_candidate(setup, out / "cache", "stored")
     np.testing.assert_allclose(stored, setup["expected"]["stored"], atol=FP16_STEP)
 
-    mbeir.main(["--model", str(setup["model_dir"]), "--data-root", str(setup["data"]), "--output-dir", str(out),
+    eval_mbeir.run(["--model", str(setup["model_dir"]), "--data-root", str(setup["data"]), "--output-dir", str(out),
                 "--device", "cpu", "--num-workers", "0", "--shard-size", "5", "--pool", "local",
                 "--tasks", row.query_stem, "--image-orientation", "upright"])  # fmt: skip
     upright = cached_candidate(setup, out / "cache", "upright")
@@ -128,7 +129,7 @@ def test_an_unknown_orientation_names_the_valid_ones(setup, tmp_path):
     with pytest.raises(ValueError, match=message):
         Ret2Index.build(tmp_path / "index", [{"id": "a", "text": "red"}], setup["model_dir"], image_orientation="sideways")
     with pytest.raises(SystemExit):
-        mbeir.main(["--model", "m", "--data-root", str(tmp_path), "--output-dir", str(tmp_path), "--image-orientation",
+        eval_mbeir.run(["--model", "m", "--data-root", str(tmp_path), "--output-dir", str(tmp_path), "--image-orientation",
                     "sideways"])  # fmt: skip
 
 

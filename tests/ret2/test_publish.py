@@ -7,6 +7,7 @@ from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
 import pytest
+import processes
 import torch
 from conftest import REPO, WORDS, pattern
 from huggingface_hub import ModelCard
@@ -14,7 +15,9 @@ from remote_code import load_in_clean_process
 
 from ret2.model import model_fingerprint
 from ret2.model_card import M2KR_ID, MBEIR_ID, datasets_of, metrics_markdown
-from ret2.publish import PublishError, build_parser, main, publish, verify_in_clean_process
+from ret2.commands.publish import build_parser
+from ret2.commands.publish import run as main
+from ret2.publish import PublishError, publish, verify_in_clean_process
 from modeling_ret2 import Ret2Model
 from ret2.tiny import tiny_model_and_processor
 
@@ -416,11 +419,8 @@ def test_publishing_loads_the_processor_without_a_model_type_warning(checkpoint,
     """`python hub_upload.py ... --dry-run` (a new process, as a user runs it) loads the folder's processor with the
     local classes without transformers' "You are using a model of type `ret2` to instantiate a model of type ``"
     (the tokenizer loader read config.json as a bare config: `ret2` was unknown to AutoConfig)."""
-    import subprocess
-
-    run = subprocess.run([sys.executable, "hub_upload.py", "--model", str(checkpoint), "--repo-id", "org/x",
-                          "--dry-run", str(tmp_path / "out")], cwd=REPO, capture_output=True,
-                         text=True, timeout=600)  # fmt: skip
+    run = processes.run([sys.executable, "hub_upload.py", "--model", checkpoint, "--repo-id", "org/x", "--dry-run",
+                         tmp_path / "out"], cwd=REPO, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "dry run: the repository is assembled in" in run.stdout
     assert "to instantiate a model of type" not in run.stdout + run.stderr

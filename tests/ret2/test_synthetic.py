@@ -13,7 +13,8 @@ from ret2.data.mbeir import (
     check_qrels, global_pool_stems, load_instructions, read_candidates, read_qrels, read_queries,
 )
 from ret2.metrics import compute_retrieval_metrics
-from ret2.data.synthetic import SCENES, caption, entity_name, generate_mbeir, main
+from ret2.commands.synthetic import run as main
+from ret2.data.synthetic import SCENES, caption, entity_name, generate_mbeir
 
 SMALL = dict(n_per_task=6, pool_size=30, n_train_per_task=8)
 WEBQA_QUESTIONS = {f"What is the name of the {s.size} {s.color} {s.shape} in the {s.position} on the {s.background} "

@@ -1,13 +1,13 @@
 import json
 import re
-import subprocess
 import sys
 
 import pytest
+import processes
 from transformers import AutoConfig
 
 from ret2.data.mbeir import EVAL_ROWS
-from ret2.demo.__main__ import main
+from ret2.commands.demo import run as main
 from ret2.demo.seeds import aggregate, mean_chance, row_table, seed_table
 
 
@@ -89,8 +89,8 @@ def test_a_seed_gives_the_same_results_alone_in_process_and_beside_another_in_a_
     small = ["--num-train-epochs", "1", "--n-per-task", "4", "--pool-size", "12", "--n-train-per-task", "8",
              "--per-device-train-batch-size", "16", "--batch-size", "32", "--no-baseline"]  # fmt: skip
     alone = main(["--output-dir", str(tmp_path / "alone"), "--seeds", "3", "--jobs", "1", *small])
-    run = subprocess.run([sys.executable, "-m", "ret2.demo", "--output-dir", str(tmp_path / "both"), "--seeds", "4",
-                          "3", "--jobs", "2", *small], capture_output=True, text=True, timeout=900)  # fmt: skip
+    run = processes.run([sys.executable, "-m", "ret2.demo", "--output-dir", tmp_path / "both", "--seeds", "4", "3",
+                         "--jobs", "2", *small], timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stderr
     both = json.loads((tmp_path / "both" / "demo.json").read_text())
     assert [summary["seed"] for summary in both["seeds"]] == [4, 3]

@@ -5,7 +5,8 @@ import pytest
 
 from ret2.data.synthetic import generate_mbeir
 from ret2.tiny import tiny_model_and_processor
-from ret2.training.train import DataArguments, ModelArguments, build_datasets, load_training_model
+from ret2.training.arguments import DataArguments, ModelArguments
+from ret2.training.train import build_datasets, load_training_model
 from ret2.training.train import parse_config_overrides
 
 

@@ -7,7 +7,9 @@ import pytest
 
 from ret2.data.mbeir import TRAIN_POOL, TRAIN_QUERIES
 from ret2.data.synthetic import generate_mbeir
-from ret2.training.mining import MiningOptions, main, mine_hard_negatives, select_negatives, write_mined
+from ret2.commands.mine import run as main
+from ret2.training.arguments import MiningOptions
+from ret2.training.mining import mine_hard_negatives, select_negatives, write_mined
 from ret2.training.dataset import mbeir_training_sets
 
 RANKED = [("p", 0.9), ("a", 0.85), ("b", 0.8), ("c", 0.7), ("d", 0.6), ("e", 0.5)]

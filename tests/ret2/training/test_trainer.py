@@ -4,11 +4,11 @@ through remote code), and 2-process runs (slow) that match one process."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import processes
 import torch
 from conftest import REPO
 from remote_code import load_in_clean_process
@@ -19,7 +19,9 @@ from ret2.training.collator import ContrastiveCollator, model_inputs
 from ret2.training.loss import ContrastiveLoss
 from ret2.training.lora import LORA_STATE_NAME, apply_lora
 from ret2.tiny import tiny_model_and_processor, words_of
-from ret2.training.train import DataArguments, build_datasets, main
+from ret2.commands.train import run as main
+from ret2.training.arguments import DataArguments
+from ret2.training.train import build_datasets
 from ret2.training.trainer import ContrastiveTrainer
 
 
@@ -194,14 +196,12 @@ def run_torchrun(nproc: int, args: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
-           "-m", "ret2.training.train", *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun exited with {proc.returncode}\n--- stdout\n{proc.stdout[-5000:]}\n"
-                    f"--- stderr\n{proc.stderr[-5000:]}")
+           "-m", "ret2.commands.train", *args]
+    processes.run(cmd, cwd=cwd, env=env, timeout=600, check=True)
 
 
 @pytest.mark.slow
+@pytest.mark.processes
 def test_two_processes_match_one(root, cache, tmp_path):
     """`torchrun --nproc_per_node 2` (gloo on CPU) runs the unchanged CLI and saves a loadable checkpoint. With
     dropout off, 2 x 4 samples give the weights of one process with 8 after an SGD step (hard negatives gathered
