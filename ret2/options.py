@@ -23,6 +23,7 @@ SHARD_SIZE = 10_000  # items per cache shard: the unit of resuming and of the sp
 TRAINING_FORMATS = ("mbeir", "m2kr")  # the training data formats (`ret2-train --format`, `ret2-mine --format`)
 CHUNK_SIZES = ("auto", "none")  # besides a number of tokens: the tokenizer's limit, or no chunks (truncate)
 SEARCH_MODES = ("vector", "keyword", "hybrid")  # what an index search ranks by: embeddings, BM25 over texts, both fused
+RECIPE_FILE = "recipe.json"  # in a training output folder: the `ret2-train --recipe` it ran and the values it used
 FUSIONS = ("rrf", "weighted")  # how a hybrid search fuses its two rankings (ret2.index.hybrid)
 
 

@@ -34,7 +34,8 @@ from PIL import Image
 
 from modeling_ret2 import Ret2Model, Ret2Processor
 from ret2.model import is_hub_id, model_fingerprint
-from ret2.model_card import datasets_of, metrics_markdown, model_card
+from ret2.model_card import datasets_of, metrics_markdown, model_card, recipe_section
+from ret2.options import RECIPE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,16 @@ def load_processor(candidates: list[str | Path]) -> Ret2Processor:
         f"no processor (processor_config.json) in {[str(c) for c in candidates]}; save one beside the model with "
         "processor.save_pretrained(folder)."
     )
+
+
+def _recipe_of(checkpoint: Path) -> dict | None:
+    """The `recipe.json` a `ret2-train --recipe` run wrote beside the model (its folder, or above a checkpoint-N)."""
+    for folder in (checkpoint, *([checkpoint.parent] if checkpoint.name.startswith("checkpoint-") else [])):
+        path = folder / RECIPE_FILE
+        if path.is_file():
+            with step(f"read {path}"):
+                return json.loads(path.read_text())
+    return None
 
 
 def load_checkpoint(
@@ -412,7 +423,9 @@ def publish(
         towers = (net.config.text_config._name_or_path, net.config.vision_config._name_or_path)
         base_model = base_model or [name for name in dict.fromkeys(towers) if is_hub_id(name)]
         datasets = datasets or (datasets_of(results) if results else None)
-        card = model_card(net, repo_id, revision, license, base_model, datasets, results, source_note)
+        recipe = _recipe_of(checkpoint)
+        card = model_card(net, repo_id, revision, license, base_model, datasets, results, source_note,
+                          recipe_section(recipe) if recipe else None)  # fmt: skip
         staging = staging or Path(tempfile.mkdtemp(prefix="ret2-upload-"))
         try:
             with step(f"assemble {staging}"):

@@ -13,6 +13,10 @@ tests and demos). Every TrainingArguments flag applies (`--output-dir`, `--bf16`
 `--resume_from_checkpoint DIR`, `--eval_strategy steps`, ...; `--help-training` lists them all). The same command runs
 under `torchrun --nproc_per_node N -m ret2.commands.train ...` and `accelerate launch -m ret2.commands.train ...`.
 
+`--recipe ret2-mbeir` (`ret2-mbeir-frozen`, `ret2-m2kr`, `ret2-m2kr-frozen`) trains as the paper did, each published
+setting set and every other one a marked package default (`--list-recipes` shows them with their sources); flags
+given beside it override it.
+
 Checkpoints and the output folder load with `AutoModel.from_pretrained(folder, trust_remote_code=True)` and
 `AutoProcessor.from_pretrained(folder, trust_remote_code=True)`.
 """
@@ -24,7 +28,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ret2.commands._common import TRACEBACK_FLAG, HelpFormatter, command_name, normalize_flags, run_cli
-from ret2.training.arguments import DataArguments, ModelArguments
+from ret2.training.arguments import DataArguments, ModelArguments, RecipeArguments
 
 if TYPE_CHECKING:
     from transformers import HfArgumentParser
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
     from ret2.training.trainer import ContrastiveTrainer
 
 HELP_TRAINING = "--help-training"
+LIST_RECIPES = "--list-recipes"
 
 
 def build_parser(training: bool = True) -> HfArgumentParser:
@@ -39,7 +44,7 @@ def build_parser(training: bool = True) -> HfArgumentParser:
     loads torch; `--help` shows the parser without it."""
     from transformers import HfArgumentParser
 
-    classes: list = [ModelArguments, DataArguments]
+    classes: list = [ModelArguments, DataArguments, RecipeArguments]
     if training:
         from transformers import TrainingArguments
 
@@ -50,7 +55,33 @@ def build_parser(training: bool = True) -> HfArgumentParser:
     )  # fmt: skip
     parser.add_argument(TRACEBACK_FLAG, action="store_true", help="on an error, show the full traceback")
     parser.add_argument(HELP_TRAINING, action="store_true", help="show the help with every TrainingArguments flag")
+    parser.add_argument(LIST_RECIPES, action="store_true", help="show each --recipe: its settings and their sources")
     return parser
+
+
+def _last_value(argv: list[str], flag: str) -> str | None:
+    """The value of the last `flag VALUE` / `flag=VALUE` in (dashed) `argv`, or None."""
+    value = None
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif token.startswith(flag + "="):
+            value = token.split("=", 1)[1]
+    return value
+
+
+def expand_recipe(argv: list[str]) -> list[str]:
+    """`argv` (dashed) with the flags of its `--recipe` put first, less those `argv` gives itself (argparse keeps a
+    flag's last value, so the run's own win either way)."""
+    name = _last_value(argv, "--recipe")
+    if name is None:
+        return argv
+    from ret2.training.recipes import get_recipe
+
+    recipe = get_recipe(name)
+    given = {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+    recipe.check_needs(given)
+    return normalize_flags(recipe.argv(_last_value(argv, "--data-root"), given)) + argv
 
 
 def run(argv: list[str] | None = None) -> ContrastiveTrainer:
@@ -61,6 +92,12 @@ def run(argv: list[str] | None = None) -> ContrastiveTrainer:
         raise SystemExit(0)
     if "-h" in argv or "--help" in argv:
         build_parser(training=False).parse_args(argv)  # prints the help and exits, without loading torch
+    if LIST_RECIPES in argv:
+        from ret2.training.recipes import describe_recipes
+
+        print(describe_recipes(), end="")
+        raise SystemExit(0)
+    argv = expand_recipe(argv)
     import torch
 
     from ret2.training.train import train
@@ -68,8 +105,8 @@ def run(argv: list[str] | None = None) -> ContrastiveTrainer:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
         # Without this (or --use_cpu), accelerate leaves CPU processes undistributed: each trains its own model.
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
-    model_args, data_args, training_args, *_ = build_parser().parse_args_into_dataclasses(args=argv)
-    return train(model_args, data_args, training_args)
+    model_args, data_args, recipe_args, training_args, *_ = build_parser().parse_args_into_dataclasses(args=argv)
+    return train(model_args, data_args, training_args, recipe_args=recipe_args)
 
 
 def main(argv: list[str] | None = None) -> None:

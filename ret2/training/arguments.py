@@ -11,6 +11,8 @@ from pathlib import Path
 from ret2.data.mbeir import TRAIN_QUERIES
 from ret2.options import IMAGE_ORIENTATIONS, TRAINING_FORMATS
 
+from .recipes import RECIPES
+
 DEFAULT_LORA_TARGETS = r".*(text_model|vision_model)\..*\.(q_proj|k_proj|v_proj|out_proj)"
 
 
@@ -92,6 +94,25 @@ def data_path(root: Path | None, path: str | None, default: str | None = None) -
     if path is None:
         return root / default if root is not None and default is not None else None
     return root / path if root is not None else Path(path)
+
+
+@dataclass
+class RecipeArguments:
+    recipe: str | None = field(
+        default=None,
+        metadata={"help": f"Train as the paper did: one of {list(RECIPES)} (--list-recipes shows each setting and its "
+                  "source); a flag given beside it overrides the recipe's value. Recorded in recipe.json.",
+                  "choices": list(RECIPES)},
+    )  # fmt: skip
+    stop_at_step: int | None = field(
+        default=None,
+        metadata={"help": "Stop (and save) at this optimizer step, the learning-rate schedule still planned for "
+                  "--num_train_epochs (or --max_steps): ReT-2's runs plan 30 epochs of cosine and stop at 75k."},
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.stop_at_step is not None and self.stop_at_step < 1:
+            raise ValueError(f"--stop_at_step must be a positive number of steps, got {self.stop_at_step}")
 
 
 @dataclass(frozen=True)

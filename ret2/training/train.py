@@ -37,8 +37,9 @@ from .collator import ContrastiveCollator
 from .dataset import (
     ContrastiveDataset, StreamingContrastiveDataset, m2kr_training_sets, mbeir_training_sets,
 )  # fmt: skip
-from .arguments import DataArguments, ModelArguments, data_path
+from .arguments import DataArguments, ModelArguments, RecipeArguments, data_path
 from .lora import apply_lora
+from .recipes import get_recipe, record
 from .loss import ContrastiveLoss, MatryoshkaLoss
 from ret2.tiny import tiny_model_and_processor, words_of
 
@@ -170,19 +171,51 @@ def load_training_model(
     return model, processor
 
 
+class StopAtStep(TrainerCallback):
+    """Ends training, with a save, once `step` optimizer steps are done, whatever length the learning-rate schedule
+    was planned for (`--stop_at_step`)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def _record_recipe(recipe_args: RecipeArguments, *arguments) -> None:
+    """recipe.json in the output folder: the recipe's settings and the values this run used."""
+    recipe = get_recipe(recipe_args.recipe)
+    used = {}
+    for setting in recipe.settings:
+        flag = setting.flag
+        used[flag] = next(getattr(args, flag) for args in (*arguments, recipe_args) if hasattr(args, flag))
+    for flag in recipe.needs:
+        used[flag] = next(getattr(args, flag) for args in arguments if hasattr(args, flag))
+    record(recipe, used, arguments[-1].output_dir)
+
+
 def train(
     model_args: ModelArguments,
     data_args: DataArguments,
     training_args: TrainingArguments,
     datasets: tuple[ContrastiveDataset, ContrastiveDataset | None] | None = None,
     callbacks: list[TrainerCallback] | None = None,
+    recipe_args: RecipeArguments | None = None,
 ) -> ContrastiveTrainer:
     """Train, save the final model and processor to `training_args.output_dir`, evaluate when there is an
     evaluation set. Returns the trainer (its `model` is the trained model).
 
     `datasets`: (train, eval) built elsewhere (e.g. `ret2.training.pairs`) instead of from the data arguments, of
     which only `image_root` / `data_root`, `num_hard_negatives` then apply. `callbacks`: more Trainer callbacks
-    (progress reports, ...)."""
+    (progress reports, ...). `recipe_args`: the recipe the arguments were filled from (recorded in the output
+    folder) and `stop_at_step`."""
+    recipe_args = recipe_args or RecipeArguments()
+    if recipe_args.recipe is not None:
+        recipe = get_recipe(recipe_args.recipe)
+        recipe.check_needs({flag for flag in recipe.needs if getattr(data_args, flag) is not None})
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.parallel_mode != ParallelMode.DISTRIBUTED:
         raise ValueError(f"launched as {os.environ['WORLD_SIZE']} processes, but the Trainer is not distributed")
     training_args.remove_unused_columns = False  # the collator reads fields the model does not take
@@ -204,6 +237,10 @@ def train(
     dims = model.config.matryoshka_dims  # the flag's, or those of the ReT-2 folder this run continues
     loss = MatryoshkaLoss(ContrastiveLoss(), dims) if dims else None
 
+    if recipe_args.recipe is not None and training_args.process_index == 0:
+        _record_recipe(recipe_args, model_args, data_args, training_args)
+    if recipe_args.stop_at_step is not None:
+        callbacks = [*(callbacks or []), StopAtStep(recipe_args.stop_at_step)]
     trainer = ContrastiveTrainer(
         model=model,
         args=training_args,

@@ -424,3 +424,21 @@ def test_publishing_loads_the_processor_without_a_model_type_warning(checkpoint,
     assert run.returncode == 0, run.stderr
     assert "dry run: the repository is assembled in" in run.stdout
     assert "to instantiate a model of type" not in run.stdout + run.stderr
+
+
+@pytest.mark.slow
+def test_the_recipe_a_model_was_trained_with_is_in_its_card(checkpoint, dry_run, tmp_path):
+    """recipe.json beside the model (ret2-train --recipe writes it) becomes the card's training table, each value with
+    its source, a flag's change from the recipe shown; a model trained without a recipe has no such section."""
+    from ret2.training.recipes import get_recipe, record
+
+    folder = Path(shutil.copytree(checkpoint, tmp_path / "trained"))
+    recipe = get_recipe("ret2-mbeir-frozen")
+    used = {setting.flag: setting.value for setting in recipe.settings} | {"learning_rate": 3e-4}
+    record(recipe, used, folder)
+    assert main(["--model", str(folder), "--repo-id", "org/ret2-tiny", "--dry-run", str(tmp_path / "out")]) == 0
+    text = ModelCard.load(tmp_path / "out" / "README.md").text
+    assert "## Training" in text and "`ret2-train --recipe ret2-mbeir-frozen`" in text
+    assert "| `learning_rate` | `0.0003` (recipe: `0.0001`) | *not published* |" in text
+    assert "| `stop_at_step` | `75000` | https://github.com/aimagelab/ReT-2/issues/3:" in text
+    assert "## Training" not in ModelCard.load(dry_run / "README.md").text
