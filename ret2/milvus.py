@@ -178,9 +178,12 @@ def search_collection(
     texts: Sequence[str] | None = None,
     fusion: str = "rrf",
     weights: Sequence[float] = (0.5, 0.5),
+    row_of: dict[str, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) (Nq, k) against the collection, best first; -1 rows pad missing hits. `client`: an open client
-    (`open_client`) to reuse; without one a client is opened and closed.
+    (`open_client`) to reuse; without one a client is opened and closed. `row_of`: each document id's row in the
+    index now (hits are mapped by their id, so a compacted index needs no rewrite of the collection); None: the rows
+    stored with the documents.
 
     mode "vector": query embeddings (Nq, D) by inner product; "keyword": BM25 of the query `texts` (Nq); "hybrid":
     both, each ranking's top k fused by `RRFRanker(RRF_K)` (fusion="rrf") or `WeightedRanker(*weights)`
@@ -226,5 +229,6 @@ def search_collection(
             # BM25: Milvus Lite returns the score negated (a distance), a Milvus server the score itself; Milvus'
             # BM25 is bm25s' (Lucene's) times (k1 + 1), a constant: divided by it, both report the same score
             score = abs(hit["distance"]) / (1 + BM25_K1) if mode == "keyword" else hit["distance"]
-            scores[q, j], rows[q, j] = score, hit["entity"]["row"]
+            row = hit["entity"]["row"] if row_of is None else row_of.get(hit["id"], -1)
+            scores[q, j], rows[q, j] = (score, row) if row >= 0 else (-np.inf, -1)
     return scores, rows

@@ -1,7 +1,7 @@
 """`ret2-index` (`python -m ret2.index`): build, add to, search and describe an index of your own documents; approximate
 and Milvus search; fine-tune a model on (query, document) pairs.
 
-Subcommands: build, add, delete, upsert, search, info, approximate, milvus, train (each has --help)."""
+Subcommands: build, add, delete, upsert, compact, search, info, approximate, milvus, train (each has --help)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
     bad_images(p)
     fields(p)
+
+    p = commands.add_parser("compact", help="reclaim the space of deleted documents (delete and upsert do it by "
+                            "themselves past a quarter of the rows deleted)")  # fmt: skip
+    p.add_argument("folder", help="the index folder")
+    model_flags(p)
 
     p = commands.add_parser("search", help="search the index with text, an image, or both")
     p.add_argument("folder", help="the index folder")
@@ -189,6 +194,10 @@ def run(argv: list[str] | None = None) -> None:
         counts = index.upsert(args.source, args.num_workers, image_root=args.image_root, on_bad_image=args.on_bad_image,
                               **fields_)  # fmt: skip
         print(f"{args.folder}: {counts['added']} added, {counts['replaced']} replaced, {counts['unchanged']} unchanged")
+    elif args.command == "compact":
+        index = Ret2Index.open(args.folder, args.model, args.device)
+        removed = index.compact()
+        print(f"{args.folder}: {removed} deleted rows removed; {index.documents} documents in {len(index)} rows")
     elif args.command == "search":
         if args.queries:
             queries = [{k: v for k, v in json.loads(line).items() if k in ("text", "image")}

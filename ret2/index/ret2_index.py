@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 ON_BAD_IMAGE = ("skip", "stop")  # what an unreadable image file does to `build` / `add`
 SKIPPED_FILE = "skipped.jsonl"  # the documents left out for an unreadable image: id, image path, why, part
-KEYWORD_FOLDER = "keyword"  # the BM25 index of the rows' texts (bm25s)
+KEYWORD_FOLDER = "keyword"  # the BM25 index of the rows' texts (bm25s): keyword-<revision>/, named in the manifest
+COMPACT_FRACTION = 0.25  # delete / upsert compact the index by themselves once this fraction of its rows is deleted
 
 __all__ = ["Hit", "Ret2Index", "index_info"]
 
@@ -67,6 +68,7 @@ class Ret2Index:
         self.storage = Storage(folder, meta)
         self._embeddings = None  # the searched embeddings (`embeddings()`), loaded on first use
         self._engines: dict = {}  # "exact", "approximate", "milvus", or a precision -> its engine, loaded on first use
+        self._row_of: dict[str, int] | None = None  # `_rows_by_id`
 
     @property
     def meta(self) -> dict:
@@ -74,7 +76,13 @@ class Ret2Index:
         return self.storage.meta
 
     def _forget(self) -> None:
-        self._embeddings, self._engines = None, {}
+        self._embeddings, self._engines, self._row_of = None, {}, None
+
+    def _rows_by_id(self) -> dict[str, int]:
+        """Each stored row's id (a chunk's for chunked documents) -> its row: how Milvus hits map back."""
+        if self._row_of is None:
+            self._row_of = {i: row for row, i in enumerate(self.embeddings().ids)}
+        return self._row_of
 
     @contextlib.contextmanager
     def _writing(self):
@@ -136,7 +144,7 @@ class Ret2Index:
                 the benchmarks read them). Stored in `index.json`: `add` and image queries of `search` use it.
             precision: what `search` scans by default, one of `ret2.search.PRECISIONS`: "fp16" (the stored vectors,
                 exact), "int8" (D bytes a document) or "binary" (D / 8 bytes), whose codes are saved in the folder
-                (`quantized.faiss`) beside the fp16 vectors that rescore their best candidates. Single vectors only.
+                (`quantized-<revision>.faiss`) beside the fp16 vectors that rescore their best candidates. Single vectors only.
             truncate_dim: search with the first `truncate_dim` components of every embedding, re-normalised
                 (Matryoshka sizes); in [1, the model's embedding_dim], with a warning when the model was not trained
                 for that size. Stored in `index.json`; documents and queries alike are truncated (the cache keeps the
@@ -170,7 +178,7 @@ class Ret2Index:
             if meta["parts"] and (meta["parts"][1:] or meta["parts"][0]["complete"]):
                 raise FileExistsError(f"{folder} already holds an index; open it and call add(), or pick a new folder")
         else:
-            if folder.exists() and any(folder.iterdir()):
+            if folder.exists() and any(not _written_before_manifest(p) for p in folder.iterdir()):
                 raise FileExistsError(f"{folder} exists and is not an index folder; pick an empty or new folder")
             fingerprint = model_fingerprint(str(model))  # a bad model fails here, before the folder is made
             config = model_config(str(model))
@@ -185,7 +193,8 @@ class Ret2Index:
             (folder / "model_config.json").write_text(json.dumps(config, indent=1))
             meta = {
                 "format": INDEX_FORMAT, "version": INDEX_VERSION,
-                "model": {"name_or_path": str(model), "fingerprint": fingerprint},
+                # a local model by its absolute path: the index opens from any directory, and after a copy
+                "model": {"name_or_path": _model_name(model), "fingerprint": fingerprint},
                 "config": {"dtype": dtype, "shard_size": shard_size, "batch_size": batch_size,
                            "image_root": str(root), "multi_vector": config.get("pooling") == "none",
                            "image_orientation": image_orientation, "precision": precision,
@@ -194,6 +203,8 @@ class Ret2Index:
             }  # fmt: skip
         index = cls._load(folder, meta, model, device)
         with index._writing():
+            if not (folder / INDEX_FILE).exists():
+                index.storage.save()  # an empty index first: a build killed from here on is resumed by the next one
             index._add_records(records, root, num_workers, embeddings, on_bad_image)
         return index
 
@@ -322,7 +333,7 @@ class Ret2Index:
             self.meta["approximate"].update(approximate.save(self.storage))
         if self.precision != "fp16":  # recalibrated on every document, old and new
             self._engines[self.precision] = QuantizedEngine.build(self.embeddings().shards, self.precision, self.device)
-            self._engines[self.precision].save(self.storage)
+            self.meta["quantized_file"] = self._engines[self.precision].save(self.storage)["file"]
         old_rows = [r for rows_ in replacing.values() for r in rows_]
         if old_rows:
             self.storage.delete_rows(old_rows, len(replacing))
@@ -331,9 +342,12 @@ class Ret2Index:
                 self._milvus().delete([self.storage.embeddings().ids[r] for r in old_rows])
             self._milvus().add([r["id"] for r in rows], new, first_row, [r["text"] for r in rows],
                                [r["metadata"] for r in rows])  # fmt: skip
+        self._row_of = None
         self.storage.save()
         if self.meta.get("keyword") is not None:  # the keyword index follows (bm25s rebuilds it over every text)
             self._build_keyword()
+        if replacing:
+            self._compact_if_due()
         return documents
 
     def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
@@ -356,7 +370,48 @@ class Ret2Index:
             if self.meta["milvus"] is not None:
                 self._milvus().delete([self.storage.embeddings().ids[r] for r in rows])
             self.storage.save()
+            self._compact_if_due()
             return len(found)
+
+    def compact(self) -> int:
+        """Reclaim the space of deleted documents: the parts holding them are rewritten with their live rows (nothing
+        is encoded), the int8 / binary codes and the keyword index rebuilt, IVF-PQ refilled with its trained cells and
+        codebooks, HNSW rebuilt with its settings and its recall measured again; the Milvus collection is left as it
+        is (it holds no deleted document, and its hits map back by id). Search results are the same before and after.
+        `delete` and `upsert` call it once `COMPACT_FRACTION` of the rows are deleted. Returns the rows removed."""
+        with self._writing():
+            return self._compact()
+
+    def _compact_if_due(self) -> None:
+        if len(self) and len(self.storage.deleted()) >= COMPACT_FRACTION * len(self):
+            removed = self._compact()
+            logger.info("compacted %s: %d deleted rows removed (past %.0f%% deleted)", self.folder, removed,
+                        100 * COMPACT_FRACTION)  # fmt: skip
+
+    def _compact(self) -> int:
+        deleted = len(self.storage.deleted())
+        if not deleted or deleted == len(self):  # nothing deleted, or nothing to keep: left as it is
+            return 0
+        approximate = self._approximate() if self.meta["approximate"] is not None else None  # loaded on the old rows
+        removed = self.storage.compact_parts()
+        self._forget()
+        shards = self.embeddings().shards
+        if self.precision != "fp16":
+            self._engines[self.precision] = QuantizedEngine.build(shards, self.precision, self.device)
+            self.meta["quantized_file"] = self._engines[self.precision].save(self.storage)["file"]
+        if approximate is not None:
+            self._engines["approximate"] = approximate.rebuilt(shards)
+            entry = self.meta["approximate"]
+            entry.update(self._engines["approximate"].save(self.storage))
+            entry.update(recall_at_10=self.approximate_recall(entry.get("recall_queries", 1000)),
+                         recall_documents=len(self))  # fmt: skip
+        keyword = self.meta.get("keyword") is not None
+        if keyword:
+            self.meta["keyword"] = None  # rebuilt below, on the new rows
+        self.storage.save()
+        if keyword:
+            self._build_keyword()
+        return removed
 
     def upsert(self, source: Records, num_workers: int = 0, id_field: str = "id", text_field: str = "text",
                image_field: str = "image", image_root: str | Path | None = None,
@@ -500,7 +555,7 @@ class Ret2Index:
             raise ValueError(f"index {self.folder} holds no documents")
         if options["engine"] == "milvus":  # Milvus filters, keyword-searches and fuses itself
             return self._milvus().search(vectors, min(depth, len(self)), filter=filter, mode=mode, texts=texts,
-                                         fusion=fusion, weights=weights)  # fmt: skip
+                                         row_of=self._rows_by_id(), fusion=fusion, weights=weights)  # fmt: skip
         allowed = self._allowed(filter)
         vector = self.search_embeddings(vectors, depth, allowed=allowed, **options) if mode != "keyword" else None
         keyword = self._keyword().search(texts, depth, allowed=allowed) if mode != "vector" else None
@@ -555,7 +610,7 @@ class Ret2Index:
             raise ValueError(f"engine {engine!r} is not one of {list(ENGINES)}")
         if backend not in BACKENDS:
             raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
-        precision = precision or self.precision
+        precision = precision or (self.precision if engine == "exact" else "fp16")  # the build's is the flat scan's
         check_precision(precision, RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier)
         if allowed is None:
             allowed = self.storage.live_rows()  # deleted rows are never returned
@@ -574,7 +629,8 @@ class Ret2Index:
             if approximate.kind == "hnsw":
                 return approximate.search(queries, k, allowed, ef_search=ef_search)
             return approximate.search(queries, k, allowed, nprobe=nprobe, rescore_multiplier=rescore_multiplier)
-        return self._milvus().search(queries, min(k, len(self)))  # Milvus holds no deleted row: `delete` removed it
+        # Milvus holds no deleted row (`delete` removed it); hits map back to rows by their ids
+        return self._milvus().search(queries, min(k, len(self)), row_of=self._rows_by_id())
 
     def hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
         """The `Hit`s of `search_embeddings`' (scores, rows), one list per query, best first (rows of -1 dropped)."""
@@ -597,7 +653,8 @@ class Ret2Index:
         self._refuse_multi_vector(f"precision {precision!r}")
         if precision not in self._engines:
             shards = self.embeddings().shards
-            self._engines[precision] = (QuantizedEngine.load(self.storage, precision, shards, self.device)
+            self._engines[precision] = (QuantizedEngine.load(self.storage, precision, shards, self.device,
+                                                             self.meta.get("quantized_file"))
                                         if precision == self.precision
                                         else QuantizedEngine.build(shards, precision, self.device))  # fmt: skip
         return self._engines[precision]
@@ -623,7 +680,8 @@ class Ret2Index:
         from ret2.index.keyword import KeywordIndex
 
         if "keyword" not in self._engines:
-            folder, entry = self.folder / KEYWORD_FOLDER, self.meta.get("keyword")
+            entry = self.meta.get("keyword")
+            folder = self.folder / (entry or {}).get("folder", KEYWORD_FOLDER)
             if entry is not None and entry["rows"] == len(self) and folder.is_dir():
                 self._engines["keyword"] = KeywordIndex.load(folder)
             else:
@@ -635,13 +693,14 @@ class Ret2Index:
         """Build and save the BM25 index of every row's text (holding the write lock)."""
         from ret2.index.keyword import KeywordIndex
 
-        folder, tmp = self.folder / KEYWORD_FOLDER, self.folder / f".{KEYWORD_FOLDER}.new"
+        name = self.storage.versioned(KEYWORD_FOLDER)
+        folder, tmp = self.folder / name, self.folder / f".{name}.new"
         keyword = KeywordIndex.build(self.storage.texts())
         shutil.rmtree(tmp, ignore_errors=True)
         keyword.save(tmp)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-        self.meta["keyword"] = {"rows": len(self)}
+        self.meta["keyword"] = {"rows": len(self), "folder": name}
         self.storage.save()
         self._engines["keyword"] = keyword
         return keyword
@@ -695,7 +754,7 @@ class Ret2Index:
         queries."""
         rows = np.sort(np.random.default_rng(seed).choice(len(self), min(sample, len(self)), replace=False))
         queries = np.stack([self._row_vector(int(r)) for r in rows]).astype(np.float32)
-        _, exact = self.search_embeddings(queries, k, "exact")
+        _, exact = self.search_embeddings(queries, k, "exact", precision="fp16")
         _, approx = self.search_embeddings(queries, k, "approximate", ef_search=ef_search, nprobe=nprobe)
         return recall_at_k(exact, approx)
 
@@ -735,6 +794,17 @@ class Ret2Index:
         self.meta["milvus"] = engine.save(self.storage)
         self.storage.save()
         return target
+
+
+def _written_before_manifest(path: Path) -> bool:
+    """Whether `path` is a file a build writes before its first manifest (a build killed then may start again)."""
+    return path.name in ("model_config.json", ".lock", ".lock.holder") or path.name.startswith(".")
+
+
+def _model_name(model: str | Path) -> str:
+    """How the manifest names the model: a local folder's absolute path, a Hub id as given."""
+    local = Path(model).expanduser()
+    return str(local.resolve()) if local.exists() else str(model)
 
 
 def _check_embeddings(embeddings: np.ndarray, documents: int, width: int, chunking) -> None:

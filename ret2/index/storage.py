@@ -6,11 +6,14 @@ embeddings, written so that an interrupted write leaves the folder readable.
     parts/part-00000.jsonl  the records of one build / add, one JSON object a line, read by byte offset
     parts/part-00000.metadata.parquet   their metadata, columnar (`ret2.index.metadata`), what filters read
     cache/part-00000/...    their fp16 embeddings (`ret2.cache` shards, keyed by the part's content)
-    approximate.faiss, quantized.faiss, ...   the engines' own files (`ret2.index.engines`)
+    approximate-7.faiss, quantized-3.faiss, deleted-9.npy, keyword-8/   the engines' files, one name per save
 
 Every file is written under a temporary name and renamed (`write_atomic`); the manifest is written last, so a part
-counts once the manifest says it is complete. The document ids of the index are unique: `check_new_ids` is the one
-place that checks it.
+counts once the manifest says it is complete. A file an engine rewrites (the approximate index, the codes, the deleted
+rows, the keyword index) gets a new name for each save (`versioned`), which the manifest names: a writer killed before
+its manifest save leaves the files the old manifest names untouched. Files that neither the manifest nor the one before
+it names are removed after each save (`save`), so a reader holding the previous manifest can still open its files.
+The document ids of the index are unique: `check_new_ids` is the one place that checks it.
 
 One writer at a time: every write holds the folder's lock (`writer()`, a `filelock.FileLock` on `.lock`, whose holder
 is described in `.lock.holder`), re-reads the manifest first (so it builds on what another process wrote) and counts
@@ -45,10 +48,19 @@ INDEX_FILE = "index.json"
 INDEX_FORMAT = "ret2-index"
 INDEX_VERSION = 2  # 2: each part has its own image root, the image orientation rule is kept; the cache is keyed by
 # the parts' content (not mtimes) and that rule
-DELETED_FILE = "deleted-{revision}.npy"  # the rows deleted (sorted int64), which no search returns; a new file per
-# change, named in the manifest ("deleted_file"), so a deletion appears with the manifest that counts it
+DELETED_STEM = "deleted"  # deleted-<revision>.npy: the rows deleted (sorted int64), which no search returns; a new file
+# per change, named in the manifest ("deleted_file"), so a deletion appears with the manifest that counts it
+VERSIONED = ("approximate-*.faiss", "quantized-*.faiss", "deleted-*.npy", "keyword-*")  # the engines' files (`save`)
 LOCK_FILE = ".lock"
 LOCK_TIMEOUT = 600.0  # seconds a writer waits for another one to finish
+STAMP_DOUBT = 2.0  # seconds after a manifest save in which `changed` reads the revision instead of trusting the stat
+
+
+def _referenced(meta: dict) -> set[str]:
+    """The files of the folder a manifest names: its engines' versioned files and its parts (`parts/<name>`)."""
+    names = {meta.get("deleted_file"), meta.get("quantized_file"), (meta.get("approximate") or {}).get("file"),
+             (meta.get("keyword") or {}).get("folder")}  # fmt: skip
+    return {n for n in names if n} | {f"parts/{p['name']}" for p in meta.get("parts", [])}
 
 
 class Part:
@@ -122,9 +134,34 @@ class Storage:
         self._deleted: np.ndarray | None = None
 
     def save(self) -> None:
+        """Write the manifest (one more revision), then remove the files it and the previous one no longer name."""
+        try:
+            previous = _referenced(read_meta(self.folder)) if (self.folder / INDEX_FILE).exists() else set()
+        except (OSError, ValueError):
+            previous = set()
         self.meta["revision"] = self.meta.get("revision", 0) + 1
         write_atomic(self.folder / INDEX_FILE, lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
         self._stamp = self._manifest_stamp()
+        self._remove_unnamed(previous | _referenced(self.meta))
+
+    def versioned(self, stem: str, suffix: str = "") -> str:
+        """The file name `stem-<revision>suffix` for what the next manifest save will name (never one a saved manifest
+        names already)."""
+        return f"{stem}-{self.revision + 1}{suffix}"
+
+    def _remove_unnamed(self, keep: set[str]) -> None:
+        """Remove the versioned engine files, parts and part caches that no manifest in `keep` names."""
+        for pattern in VERSIONED:
+            for path in self.folder.glob(pattern):
+                if path.name not in keep:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        parts = {name.split("/", 1)[1] for name in keep if name.startswith("parts/")}
+        for path in (self.folder / "parts").glob("part-*"):
+            if path.name.split(".", 1)[0] not in parts:
+                path.unlink(missing_ok=True)
+        for path in (self.folder / "cache").glob("part-*"):
+            if path.name not in parts:
+                shutil.rmtree(path, ignore_errors=True)
 
     @property
     def revision(self) -> int:
@@ -139,8 +176,18 @@ class Storage:
         return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
     def changed(self) -> bool:
-        """Whether another process has saved the manifest since this one read or saved it (one `stat`)."""
-        return self._manifest_stamp() != self._stamp
+        """Whether another process has saved the manifest since this one read or saved it: one `stat`, and a read of
+        its revision while the file is younger than `STAMP_DOUBT` seconds (two saves within a clock tick can leave
+        the same size, mtime and even inode, the old one's freed and reused)."""
+        stamp = self._manifest_stamp()
+        if stamp != self._stamp:
+            return True
+        if stamp is None or time.time_ns() - stamp[0] > STAMP_DOUBT * 1e9:
+            return False
+        try:
+            return read_meta(self.folder).get("revision", 0) != self.revision
+        except (OSError, ValueError):
+            return True
 
     def reload(self) -> None:
         """Read the manifest again (a newer revision) and forget what was read from the old one."""
@@ -169,8 +216,8 @@ class Storage:
         try:
             holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                           "command": " ".join(sys.argv)[:200], "since": time.strftime("%Y-%m-%d %H:%M:%S")}))  # fmt: skip
-            if (self.folder / INDEX_FILE).exists() and self.changed():
-                self.reload()
+            if (self.folder / INDEX_FILE).exists() and read_meta(self.folder).get("revision", 0) != self.revision:
+                self.reload()  # the revision itself, not the file's stamp: a writer must start from the newest
             self._writing = True
             yield
         finally:
@@ -229,7 +276,7 @@ class Storage:
         merged = np.union1d(self.deleted(), np.asarray(rows, np.int64)).astype(np.int64)
         data = io.BytesIO()
         np.save(data, merged)
-        name = DELETED_FILE.format(revision=self.revision + 1)
+        name = self.versioned(DELETED_STEM, ".npy")
         self.write_file(name, data.getvalue())
         self._deleted, self.meta["deleted_file"] = merged, name
         self.meta["deleted_documents"] = self.meta.get("deleted_documents", 0) + documents
@@ -292,7 +339,7 @@ class Storage:
         parts_dir = self.folder / "parts"
         parts_dir.mkdir(exist_ok=True)
         pending = self.meta["parts"][-1] if self.meta["parts"] and not self.meta["parts"][-1]["complete"] else None
-        name = pending["name"] if pending else f"part-{len(self.meta['parts']):05d}"
+        name = pending["name"] if pending else self.next_part_name()
         path = parts_dir / f"{name}.jsonl"
         tmp = parts_dir / f".{name}.new"
         write_atomic(tmp, lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in records))
@@ -327,6 +374,53 @@ class Storage:
         pending["complete"] = True
         self._embeddings = self._parts = self._metadata = None
         return pending
+
+    def next_part_name(self) -> str:
+        """`part-NNNNN`, numbered after every part the manifest has held (compaction replaces parts under new names)."""
+        self.meta["next_part"] = max(self.meta.get("next_part", 0), len(self.meta["parts"]))
+        name = f"part-{self.meta['next_part']:05d}"
+        self.meta["next_part"] += 1
+        return name
+
+    def compact_parts(self) -> int:
+        """Rewrite every part holding deleted rows with its live rows only (records, metadata and cached embeddings
+        copied, nothing encoded), each under a new name in the old one's place, and forget the deleted rows. The
+        caller saves the manifest (until then readers see the parts as they were) and rebuilds the engines, whose
+        row numbers have moved. Returns the rows removed."""
+        deleted, start, removed = set(self.deleted().tolist()), 0, 0
+        chunked = bool(self.config.get("chunking"))
+        parts = []
+        for part in self.complete_parts:
+            rows = range(start, start + part["count"])
+            start += part["count"]
+            gone = [row - rows.start for row in rows if row in deleted]
+            if not gone:
+                parts.append(part)
+                continue
+            keep = np.setdiff1d(np.arange(part["count"]), gone)
+            removed += len(gone)
+            if not len(keep):  # every row of the part deleted: the part goes
+                continue
+            pool = self.pool(part)
+            records = pool.load.records(0, part["count"])
+            vectors = np.concatenate(self.part_embeddings(part))[keep]
+            kept = [records[i] for i in keep]
+            ids = [r["id"].rpartition("#")[0] if chunked else r["id"] for r in kept]
+            name = self.next_part_name()
+            path = self.folder / "parts" / f"{name}.jsonl"
+            write_atomic(path, lambda f: f.writelines((json.dumps(r, ensure_ascii=False) + "\n").encode() for r in kept))
+            self._write_metadata(name, kept)
+            entry = {**part, "name": name, "count": len(kept), "documents": len(set(ids)), "sha256": sha256(path)}
+            new_pool = self.pool(entry)
+            size = self.config["shard_size"]
+            for shard, first in enumerate(range(0, len(kept), size)):
+                write_shard(self.cache(new_pool), shard, new_pool.ids[first : first + size], vectors[first : first + size])
+            parts.append(entry)
+        self.meta["parts"] = parts + [p for p in self.meta["parts"] if not p["complete"]]
+        self.meta["deleted_file"], self.meta["deleted_documents"] = None, 0
+        self._deleted = np.zeros(0, np.int64)
+        self._embeddings = self._parts = self._metadata = None
+        return removed
 
     # ------------------------------------------------------------------ metadata and texts
 

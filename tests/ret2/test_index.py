@@ -182,7 +182,7 @@ def test_quantized_index_persists_reopens_and_follows_add(model_dir, tmp_path, c
 
     records = _records(tmp_path, n=24)
     index = Ret2Index.build(tmp_path / "idx", records[:20], model=model_dir, image_root=tmp_path, precision="binary")
-    assert (tmp_path / "idx" / "quantized.faiss").is_file() and index.info()["config"]["precision"] == "binary"
+    assert (tmp_path / "idx" / index.meta["quantized_file"]).is_file() and index.info()["config"]["precision"] == "binary"
     exact = index.search(["red circle", pattern(104)], k=5, precision="fp16")
     reopened = Ret2Index.open(tmp_path / "idx")
     assert reopened.precision == "binary" and reopened._quantized("binary").codes.ntotal == 20

@@ -10,7 +10,8 @@ import torch
 
 from ret2.search import RESCORE_MULTIPLIER, build_quantized, search, search_quantized
 
-QUANTIZED_FILE = "quantized.faiss"  # the int8 or binary codes of an index built with that precision
+QUANTIZED_STEM = "quantized"  # quantized-<revision>.faiss: the int8 or binary codes of an index built with that precision
+QUANTIZED_FILE = "quantized.faiss"  # the name before versioned files, still read
 
 
 class ExactEngine:
@@ -47,15 +48,18 @@ class QuantizedEngine:
         import faiss
 
         serialize = faiss.serialize_index_binary if self.precision == "binary" else faiss.serialize_index
-        storage.write_file(QUANTIZED_FILE, serialize(self.codes).tobytes())
-        return {"kind": self.kind, "precision": self.precision}
+        file = storage.versioned(QUANTIZED_STEM, ".faiss")
+        storage.write_file(file, serialize(self.codes).tobytes())
+        return {"kind": self.kind, "precision": self.precision, "file": file}
 
     @classmethod
-    def load(cls, storage, precision: str, shards: Sequence[np.ndarray], device: torch.device) -> QuantizedEngine:
+    def load(cls, storage, precision: str, shards: Sequence[np.ndarray], device: torch.device,
+             file: str | None = None) -> QuantizedEngine:  # fmt: skip
+        """The codes saved in `file` (the manifest's `quantized_file`)."""
         import faiss
 
         read = faiss.read_index_binary if precision == "binary" else faiss.read_index
-        return cls(read(str(storage.path(QUANTIZED_FILE))), precision, shards, device)
+        return cls(read(str(storage.path(file or QUANTIZED_FILE))), precision, shards, device)
 
     def add(self, shards: Sequence[np.ndarray]) -> None:
         self.shards += list(shards)

@@ -8,7 +8,8 @@ import numpy as np
 
 from ret2.search import build_hnsw, search_hnsw, unit_rows
 
-APPROXIMATE_FILE = "approximate.faiss"
+APPROXIMATE_STEM = "approximate"  # approximate-<revision>.faiss, named in the manifest (`Storage.versioned`)
+APPROXIMATE_FILE = "approximate.faiss"  # the name before versioned files, still read
 
 
 class HnswEngine:
@@ -32,8 +33,9 @@ class HnswEngine:
         import faiss
 
         data = faiss.serialize_index(self.index).tobytes()
-        storage.write_file(APPROXIMATE_FILE, data)
-        return {"kind": self.kind, "m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
+        file = storage.versioned(APPROXIMATE_STEM, ".faiss")
+        storage.write_file(file, data)
+        return {"kind": self.kind, "file": file, "m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search,
                 "bytes_per_document": round(len(data) / max(self.index.ntotal, 1), 1)}  # fmt: skip
 
     @classmethod
@@ -41,12 +43,17 @@ class HnswEngine:
         """`shards`, `device`: unused (the graph holds its own vectors); taken as every approximate engine's `load`."""
         import faiss
 
-        index = faiss.read_index(str(storage.path(APPROXIMATE_FILE)))
+        index = faiss.read_index(str(storage.path(entry.get("file", APPROXIMATE_FILE))))
         return cls(index, entry["m"], entry["ef_construction"], entry["ef_search"])
 
     def add(self, shards: Sequence[np.ndarray]) -> None:
         for shard in shards:
             self.index.add(unit_rows(np.asarray(shard)))
+
+    def rebuilt(self, shards: Sequence[np.ndarray]) -> HnswEngine:
+        """This engine's settings over other rows (a compacted index's): the graph built again (FAISS HNSW cannot
+        remove nodes)."""
+        return self.build(shards, m=self.m, ef_construction=self.ef_construction, ef_search=self.ef_search)
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None,
                ef_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip

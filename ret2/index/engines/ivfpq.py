@@ -12,7 +12,7 @@ import torch
 
 from ret2.search import RESCORE_MULTIPLIER, build_ivfpq, search_quantized, unit_rows
 
-from .hnsw import APPROXIMATE_FILE
+from .hnsw import APPROXIMATE_FILE, APPROXIMATE_STEM
 
 NPROBE = 8  # cells visited per query by default: recall@10 0.989 at 1M clustered documents (docs/benchmarks.md)
 
@@ -60,8 +60,9 @@ class IvfPqEngine:
         import faiss
 
         data = faiss.serialize_index(self.index).tobytes()
-        storage.write_file(APPROXIMATE_FILE, data)
-        return {"kind": self.kind, "nlist": self.nlist, "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe,
+        file = storage.versioned(APPROXIMATE_STEM, ".faiss")
+        storage.write_file(file, data)
+        return {"kind": self.kind, "file": file, "nlist": self.nlist, "m": self.m, "nbits": self.nbits, "nprobe": self.nprobe,
                 "rescore_multiplier": self.rescore_multiplier,
                 "bytes_per_document": round(len(data) / max(self.index.ntotal, 1), 1)}  # fmt: skip
 
@@ -69,7 +70,7 @@ class IvfPqEngine:
     def load(cls, storage, entry: dict, shards: Sequence[np.ndarray], device: torch.device) -> IvfPqEngine:
         import faiss
 
-        index = faiss.read_index(str(storage.path(APPROXIMATE_FILE)))
+        index = faiss.read_index(str(storage.path(entry.get("file", APPROXIMATE_FILE))))
         return cls(index, shards, device, entry["nlist"], entry["m"], entry["nbits"], entry["nprobe"],
                    entry["rescore_multiplier"])  # fmt: skip
 
@@ -77,6 +78,14 @@ class IvfPqEngine:
         for shard in shards:
             self.index.add(unit_rows(np.asarray(shard)))
         self.shards += list(shards)
+
+    def rebuilt(self, shards: Sequence[np.ndarray]) -> IvfPqEngine:
+        """This engine over other rows (a compacted index's): emptied and filled again with the same trained cells
+        and codebooks, no k-means run."""
+        self.index.reset()
+        self.shards = []
+        self.add(shards)
+        return self
 
     def search(self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None, nprobe: int | None = None,
                rescore_multiplier: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip

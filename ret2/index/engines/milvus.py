@@ -46,8 +46,10 @@ class MilvusEngine:
         delete_ids(self.target, ids, self.token)
 
     def search(self, queries: np.ndarray | None, k: int, filter: dict | None = None, mode: str = "vector",
-               texts: Sequence[str] | None = None, **fusion) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+               texts: Sequence[str] | None = None, row_of: dict[str, int] | None = None,
+               **fusion) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """`row_of`: each id's row in the index (`ret2.milvus.search_collection`)."""
         from ret2.milvus import search_collection
 
         return search_collection(self.target, queries, k, token=self.token, filter=filter, mode=mode, texts=texts,
-                                 **fusion)  # fmt: skip
+                                 row_of=row_of, **fusion)  # fmt: skip

@@ -117,7 +117,8 @@ def test_add_keeps_metadata_and_keywords_current_and_reopens(tiny_model_dir, tmp
     again = Ret2Index.open(tmp_path / "idx")
     assert [h.id for h in again.search("zebra", mode="keyword", k=3)] == ["d12"]
     assert [h.id for h in again.search("red circle", k=5, filter={"album": "new"})] == ["d12"]
-    assert json.loads((tmp_path / "idx" / "index.json").read_text())["keyword"] == {"rows": 15}
+    keyword = json.loads((tmp_path / "idx" / "index.json").read_text())["keyword"]
+    assert keyword["rows"] == 15 and (tmp_path / "idx" / keyword["folder"]).is_dir()
 
 
 def test_milvus_engine_filters_and_hybrid_searches_as_the_embedded_index(index, tmp_path):
