@@ -16,8 +16,8 @@ Records = Union[str, os.PathLike, Iterable[Mapping]]
 
 
 def _record(raw: Mapping, where: str, root: Path, id_field: str, text_field: str, image_field: str) -> dict:
-    """One stored record {"id", "text", "image", "metadata"} from a raw record; the image path made relative to
-    `root` (an absolute path must lie under it)."""
+    """One stored record {"id", "text", "image", "metadata"} (and "stamp", the image file's [size, mtime_ns]) from a
+    raw record; the image path made relative to `root` (an absolute path must lie under it)."""
     if raw.get(id_field) in (None, ""):
         raise ValueError(f"{where}: record has no {id_field!r} field (fields: {sorted(raw)})")
     text, image = raw.get(text_field) or None, raw.get(image_field) or None
@@ -28,7 +28,11 @@ def _record(raw: Mapping, where: str, root: Path, id_field: str, text_field: str
         if not (root / image).is_file():  # checked here, where the user's file and line are known
             raise FileNotFoundError(f"{where}: image {image!r} of record {raw[id_field]!r} not found at {root / image}")
     metadata = {k: v for k, v in raw.items() if k not in (id_field, text_field, image_field)}
-    return {"id": str(raw[id_field]), "text": None if text is None else str(text), "image": image, "metadata": metadata}
+    record = {"id": str(raw[id_field]), "text": None if text is None else str(text), "image": image, "metadata": metadata}
+    if image is not None:  # the file's size and mtime, as rsync compares them: `upsert` / `sync` see a changed file
+        stat = (root / image).stat()
+        record["stamp"] = [stat.st_size, stat.st_mtime_ns]
+    return record
 
 
 def relative_image(image: str | os.PathLike, root: Path, where: str) -> str:

@@ -59,6 +59,25 @@ def word_texts(num_docs: int, seed: int = 0, words: int = 20_000, length: tuple[
     return [" ".join(drawn[end - n : end]) for end, n in zip(ends, lengths)]
 
 
+def stored_index(work: Path, num_docs: int, dim: int, clusters: int, metadata=lambda i: {}):
+    """(an index in `work/index` of `num_docs` clustered unit vectors stored with `embeddings=` for a tiny model of
+    width `dim` saved in `work/model`, each document with a word text and the fields `metadata(i)`, their texts)."""
+    from ret2.index import Ret2Index
+    from ret2.tiny import tiny_model_and_processor
+
+    model, processor = tiny_model_and_processor(["x"], embedding_dim=dim)
+    model.save_pretrained(work / "model")
+    processor.save_pretrained(work / "model")
+    vectors = np.concatenate(random_shards(num_docs, dim, seed=0, clusters=clusters))
+    texts = word_texts(num_docs)
+    records = [{"id": f"d{i}", "text": t, **metadata(i)} for i, t in enumerate(texts)]
+    start = time.perf_counter()
+    index = Ret2Index.build(work / "index", records, model=work / "model", image_root=work, shard_size=100_000,
+                            embeddings=vectors, device="cpu")  # fmt: skip
+    logger.info("%d documents stored in the index in %.1f s", num_docs, time.perf_counter() - start)
+    return index, texts
+
+
 def _filter(selectivity: float) -> dict:
     return {"bucket": {"$lt": round(selectivity * BUCKETS)}}
 
@@ -67,27 +86,15 @@ def run(num_docs: int, dim: int = 768, clusters: int = 1000, num_queries: int = 
         selectivities: Sequence[float] = SELECTIVITIES, nlist: int = 1024, pq_m: int = 192, nbits: int | None = None,
         nprobe: int = 8, repeats: int = 3, folder: Path | None = None) -> dict[str, list[dict]]:  # fmt: skip
     """{"vector": rows per selectivity (None: unfiltered), "text": rows per mode and filter}."""
-    from ret2.index import Ret2Index
     from ret2.index.metadata import select
     from ret2.search import EXACT_FILTER_ROWS, recall_at_k
-    from ret2.tiny import tiny_model_and_processor
 
     bad = [s for s in selectivities if not 0 < s <= 1]
     if bad:
         raise ValueError(f"selectivities must be in (0, 1], got {bad}")
     work = Path(folder or tempfile.mkdtemp(prefix="ret2-filtered-search-"))
-    model, processor = tiny_model_and_processor(["x"], embedding_dim=dim)
-    model.save_pretrained(work / "model")
-    processor.save_pretrained(work / "model")
-    vectors = np.concatenate(random_shards(num_docs, dim, seed=0, clusters=clusters))
-    texts = word_texts(num_docs)
     buckets = np.random.default_rng(2).permutation(num_docs) % BUCKETS
-    records = [{"id": f"d{i}", "text": t, "bucket": int(b)} for i, (t, b) in enumerate(zip(texts, buckets))]
-    start = time.perf_counter()
-    index = Ret2Index.build(work / "index", records, model=work / "model", image_root=work, shard_size=100_000,
-                            embeddings=vectors, device="cpu")  # fmt: skip
-    logger.info("%d documents stored in the index in %.1f s", num_docs, time.perf_counter() - start)
-    del vectors, records
+    index, texts = stored_index(work, num_docs, dim, clusters, lambda i: {"bucket": int(buckets[i])})
     queries = np.concatenate(random_shards(max(recall_queries, num_queries), dim, seed=1, clusters=clusters))
     queries = queries.astype(np.float32)
     batch = queries[:num_queries]

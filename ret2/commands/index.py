@@ -1,7 +1,7 @@
 """`ret2-index` (`python -m ret2.index`): build, add to, search and describe an index of your own documents; approximate
 and Milvus search; fine-tune a model on (query, document) pairs.
 
-Subcommands: build, add, delete, upsert, compact, search, info, approximate, milvus, train (each has --help)."""
+Subcommands: build, add, delete, upsert, sync, compact, search, info, approximate, milvus, train (each has --help)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
     bad_images(p)
     fields(p)
+
+    p = commands.add_parser("sync", help="make the index match its folder of images again: new files added, changed "
+                            "ones encoded again, removed ones deleted")  # fmt: skip
+    p.add_argument("folder", help="the index folder")
+    p.add_argument("images", nargs="?", help="the folder of images (default: the one the index was built from)")
+    model_flags(p)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
+    bad_images(p)
 
     p = commands.add_parser("compact", help="reclaim the space of deleted documents (delete and upsert do it by "
                             "themselves past a quarter of the rows deleted)")  # fmt: skip
@@ -194,6 +202,11 @@ def run(argv: list[str] | None = None) -> None:
         counts = index.upsert(args.source, args.num_workers, image_root=args.image_root, on_bad_image=args.on_bad_image,
                               **fields_)  # fmt: skip
         print(f"{args.folder}: {counts['added']} added, {counts['replaced']} replaced, {counts['unchanged']} unchanged")
+    elif args.command == "sync":
+        index = Ret2Index.open(args.folder, args.model, args.device)
+        counts = index.sync(args.images, args.num_workers, on_bad_image=args.on_bad_image)
+        print(f"{args.folder}: {counts['added']} added, {counts['replaced']} changed, {counts['deleted']} deleted, "
+              f"{counts['unchanged']} unchanged")
     elif args.command == "compact":
         index = Ret2Index.open(args.folder, args.model, args.device)
         removed = index.compact()

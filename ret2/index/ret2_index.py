@@ -294,12 +294,25 @@ class Ret2Index:
         folder of a folder of images, and for in-memory records the index's image root. Ids already in the index are
         refused. An interrupted `add` of the same documents resumes; one of other documents is discarded. The
         approximate index, the int8 / binary codes and the Milvus collection follow."""
-        if image_root is None and not isinstance(source, (str, os.PathLike)):
-            image_root = self.image_root
         _check_on_bad_image(on_bad_image)
-        records, root = read_records(source, image_root, id_field, text_field, image_field)
+        records, root = self._read(source, image_root, id_field, text_field, image_field)
         with self._writing():  # one writer at a time; on the newest manifest
             return self._add_records(records, root, num_workers, on_bad_image=on_bad_image)
+
+    def _read(self, source: Records, image_root: str | Path | None, *fields: str) -> tuple[list[dict], Path]:
+        """The records of a source for `add` / `upsert` / `sync`: in-memory records' images relative to the index's
+        image root by default; a folder of images inside that root gets ids relative to it (`photos/2025-trip` adds
+        `2025-trip/img.jpg`, so two camera folders with the same file names do not collide)."""
+        if image_root is None and isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+            folder = Path(source).absolute()
+            if folder.is_relative_to(self.image_root):
+                records, root = read_records(folder, self.image_root, *fields)
+                for r in records:
+                    r["id"] = r["image"]
+                return records, root
+        if image_root is None and not isinstance(source, (str, os.PathLike)):
+            image_root = self.image_root
+        return read_records(source, image_root, *fields)
 
     def _add_records(self, records: list[dict], root: Path, num_workers: int, embeddings: np.ndarray | None = None,
                      on_bad_image: str = "skip", replacing: dict[str, list[int]] | None = None) -> int:  # fmt: skip
@@ -354,24 +367,27 @@ class Ret2Index:
         """Delete documents by id (a chunked document with all its chunks); returns how many were deleted. No search
         returns them from then on, in any engine (the approximate index, the codes and the keyword index skip their
         rows; the Milvus collection deletes them), and their ids may be added again. An id not in the index is an
-        error naming it, or, with `missing_ok`, left out of the count. The space is kept (the rows stay in their
-        parts, marked deleted in `deleted.npy`)."""
+        error naming it, or, with `missing_ok`, left out of the count. The rows stay in their parts, marked deleted,
+        until `compact` (which runs by itself past `COMPACT_FRACTION`)."""
         with self._writing():
-            rows_of = self.storage.rows_of()
-            missing = [i for i in dict.fromkeys(ids) if i not in rows_of]
-            if missing and not missing_ok:
-                raise ValueError(f"{len(missing)} id(s) not in index {self.folder}: {missing[:10]}; nothing was deleted "
-                               "(missing_ok=True, --missing-ok, deletes the others)")  # fmt: skip
-            found = [i for i in dict.fromkeys(ids) if i in rows_of]
-            if not found:
-                return 0
-            rows = [r for i in found for r in rows_of[i]]
-            self.storage.delete_rows(rows, len(found))
-            if self.meta["milvus"] is not None:
-                self._milvus().delete([self.storage.embeddings().ids[r] for r in rows])
-            self.storage.save()
-            self._compact_if_due()
-            return len(found)
+            return self._delete(ids, missing_ok)
+
+    def _delete(self, ids: Sequence[str], missing_ok: bool) -> int:
+        rows_of = self.storage.rows_of()
+        missing = [i for i in dict.fromkeys(ids) if i not in rows_of]
+        if missing and not missing_ok:
+            raise ValueError(f"{len(missing)} id(s) not in index {self.folder}: {missing[:10]}; nothing was deleted "
+                           "(missing_ok=True, --missing-ok, deletes the others)")  # fmt: skip
+        found = [i for i in dict.fromkeys(ids) if i in rows_of]
+        if not found:
+            return 0
+        rows = [r for i in found for r in rows_of[i]]
+        self.storage.delete_rows(rows, len(found))
+        if self.meta["milvus"] is not None:
+            self._milvus().delete([self.storage.embeddings().ids[r] for r in rows])
+        self.storage.save()
+        self._compact_if_due()
+        return len(found)
 
     def compact(self) -> int:
         """Reclaim the space of deleted documents: the parts holding them are rewritten with their live rows (nothing
@@ -419,28 +435,52 @@ class Ret2Index:
         """Add documents, replacing those of the same ids: a record equal to the stored one (text, image path and
         metadata) is left as it is, the others are encoded as a new part and their old versions deleted. Returns
         {"added", "replaced", "unchanged"} counts. Sources as for `add`."""
-        if image_root is None and not isinstance(source, (str, os.PathLike)):
-            image_root = self.image_root
         _check_on_bad_image(on_bad_image)
-        records, root = read_records(source, image_root, id_field, text_field, image_field)
+        records, root = self._read(source, image_root, id_field, text_field, image_field)
         with self._writing():
-            rows_of = self.storage.rows_of()
-            changed, unchanged, replacing = [], 0, {}
-            for r in records:
-                rows = rows_of.get(r["id"])
-                if rows is not None:
-                    old, old_root = self.storage.locate(rows[0])
-                    same_image = (old["image"] and str(old_root / old["image"])) == (r["image"] and str(root / r["image"]))
-                    # a chunked document is compared by its first chunk's text only when it has one chunk
-                    same_text = old["text"] == r["text"] and len(rows) == 1
-                    if same_image and same_text and old["metadata"] == r["metadata"]:
-                        unchanged += 1
-                        continue
-                    replacing[r["id"]] = rows
-                changed.append(r)
-            added = self._add_records(changed, root, num_workers, on_bad_image=on_bad_image,
-                                      replacing=replacing) if changed else 0  # fmt: skip
-            return {"added": added - len(replacing), "replaced": len(replacing), "unchanged": unchanged}
+            return self._upsert(records, root, num_workers, on_bad_image)
+
+    def _upsert(self, records: list[dict], root: Path, num_workers: int, on_bad_image: str) -> dict:
+        rows_of = self.storage.rows_of()
+        changed, unchanged, replacing = [], 0, {}
+        for r in records:
+            rows = rows_of.get(r["id"])
+            if rows is not None:
+                old, old_root = self.storage.locate(rows[0])
+                same_image = (old["image"] and str(old_root / old["image"])) == (r["image"] and str(root / r["image"]))
+                # a chunked document is compared by its first chunk's text only when it has one chunk
+                same_text = old["text"] == r["text"] and len(rows) == 1
+                # the image file itself, by size and mtime, where both records carry them
+                same_file = old.get("stamp") is None or r.get("stamp") is None or old["stamp"] == r["stamp"]
+                if same_image and same_file and same_text and old["metadata"] == r["metadata"]:
+                    unchanged += 1
+                    continue
+                replacing[r["id"]] = rows
+            changed.append(r)
+        added = self._add_records(changed, root, num_workers, on_bad_image=on_bad_image,
+                                  replacing=replacing) if changed else 0  # fmt: skip
+        return {"added": added - len(replacing), "replaced": len(replacing), "unchanged": unchanged}
+
+    def sync(self, folder: str | Path | None = None, num_workers: int = 0, on_bad_image: str = "skip") -> dict:
+        """Make the index match a folder of images again (default: the folder it was built from): files that are new
+        are added, files changed (size or mtime, as rsync compares them, or their `name.txt` caption) are encoded
+        again, and documents whose image lay in the folder and is gone are deleted; documents from elsewhere are left
+        alone. Returns {"added", "replaced", "unchanged", "deleted"}. A sync that was interrupted is completed by
+        running it again."""
+        folder = Path(folder or self.image_root).absolute()
+        if not folder.is_dir():
+            raise NotADirectoryError(f"sync needs a folder of images; {folder} is not one")
+        _check_on_bad_image(on_bad_image)
+        records, root = self._read(folder, None, "id", "text", "image")
+        with self._writing():
+            present = {r["id"] for r in records}
+            gone = []
+            for doc_id, rows in self.storage.rows_of().items():
+                record, record_root = self.storage.locate(rows[0])
+                if doc_id not in present and record["image"] and (record_root / record["image"]).is_relative_to(folder):
+                    gone.append(doc_id)
+            counts = self._upsert(records, root, num_workers, on_bad_image)
+            return {**counts, "deleted": self._delete(gone, missing_ok=False) if gone else 0}
 
     def _skip_unreadable(self, records: list[dict], root: Path, on_bad_image: str) -> list[dict]:
         """[{"id", "image", "why"}] of the records whose image file cannot be read, found in one pass; with "stop", an
@@ -469,7 +509,7 @@ class Ret2Index:
 
     def record(self, row: int) -> dict:
         """The stored record {"id", "text", "image", "metadata"} of document number `row`."""
-        return self.storage.locate(row)[0]
+        return {k: v for k, v in self.storage.locate(row)[0].items() if k != "stamp"}
 
     # ------------------------------------------------------------------ search
 

@@ -39,7 +39,8 @@ def photos(tmp_path_factory):
 
 def _records(tmp_path, n=20, start=0):
     for i in range(start, start + n):
-        pattern(100 + i).save(tmp_path / f"d{i}.png")
+        if not (tmp_path / f"d{i}.png").exists():  # written once: a rewritten file is a changed one (upsert, sync)
+            pattern(100 + i).save(tmp_path / f"d{i}.png")
     words = WORDS
     return [{"id": f"d{i}", "text": f"{words[i % 14]} {words[(3 * i) % 14]}" if i % 3 else None,
              "image": f"d{i}.png" if i % 3 != 1 else None, "source": "unit", "rank": i} for i in range(start, start + n)]
@@ -78,8 +79,10 @@ def test_jsonl_csv_dataset_sources_and_metadata(model_dir, tmp_path):
     from_jsonl, root = read_records(jsonl)
     from_csv, _ = read_records(tmp_path / "docs.csv")
     from_dataset, _ = read_records(datasets.Dataset.from_list(records), image_root=tmp_path)
+    stat = (tmp_path / "d2.png").stat()  # the image file's size and mtime: what upsert and sync compare
     assert root == tmp_path and from_jsonl[2] == {"id": "d2", "text": "blue triangle", "image": "d2.png",
-                                                   "metadata": {"source": "unit", "rank": 2}}
+                                                   "metadata": {"source": "unit", "rank": 2},
+                                                   "stamp": [stat.st_size, stat.st_mtime_ns]}  # fmt: skip
     assert [r["id"] for r in from_csv] == [r["id"] for r in from_jsonl] and from_csv[2]["metadata"]["rank"] == "2"
     assert from_dataset == from_jsonl
     index = Ret2Index.build(tmp_path / "idx", jsonl, model=model_dir, batch_size=8)
@@ -618,6 +621,10 @@ def test_delete_and_upsert_through_every_engine_and_after_reopening(model_dir, t
     assert [h.id for h in again.search("red circle", k=5, filter={"rank": by_id[meta["id"]]["rank"]})] == []
     ids = [h.id for h in again.search(queries[0], k=50)]
     assert len(ids) == len(set(ids)) == 39 and "d40" in ids
+    # Milvus Lite followed every write: the same 39 live documents, the same best hit, the replaced text
+    in_milvus = [h.id for h in again.search(queries[0], k=50, engine="milvus")]
+    assert sorted(in_milvus) == sorted(ids) and in_milvus[0] == ids[0]
+    assert [h.id for h in again.search("zebra crossing", k=1, mode="keyword", engine="milvus")] == [text["id"]]
 
 
 def test_delete_and_upsert_from_the_command_line(model_dir, tmp_path, capsys):

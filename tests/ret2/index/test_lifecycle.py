@@ -107,3 +107,45 @@ def test_an_index_built_with_a_relative_model_path_opens_from_anywhere_and_after
         index = Ret2Index.open(folder)
         assert index.meta["model"]["name_or_path"] == str(tmp_path / "model")
         assert [h.id for h in index.search("red circle", k=4)]
+
+
+def test_sync_makes_the_index_match_its_folder_again(tiny_model_dir, tmp_path, capsys):
+    """New files added, a changed image and a changed caption encoded again, a removed file deleted, documents from
+    elsewhere left alone; a second sync changes nothing. Camera folders added from inside the photo folder get ids
+    relative to it, so the same file names in two of them do not collide."""
+    from ret2.commands.index import run as main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(5):
+        pattern(200 + i).save(photos / f"p{i}.png")
+    (photos / "p0.txt").write_text("a red door")
+    index = Ret2Index.build(tmp_path / "idx", photos, model=str(tiny_model_dir))
+    index.add([{"id": "elsewhere", "text": "a note from another source"}])
+    before = {i: index._row_vector(r[0]).copy() for i, r in index.storage.rows_of().items()}
+
+    pattern(300).resize((40, 40)).save(photos / "p1.png")  # changed image (another size on disk)
+    (photos / "p0.txt").write_text("a blue door")  # changed caption
+    (photos / "p4.png").unlink()  # removed
+    pattern(205).save(photos / "p5.png")  # new
+    for camera in ("2025-trip", "2026-trip"):
+        (photos / camera).mkdir()
+        pattern(210 if camera == "2025-trip" else 211).save(photos / camera / "img1.png")
+
+    assert index.sync() == {"added": 3, "replaced": 2, "unchanged": 2, "deleted": 1}
+    rows = index.storage.rows_of()
+    assert sorted(rows) == sorted(["p0.png", "p1.png", "p2.png", "p3.png", "p5.png", "2025-trip/img1.png",
+                                   "2026-trip/img1.png", "elsewhere"])  # fmt: skip
+    assert index.record(rows["p0.png"][0])["text"] == "a blue door"
+    after = {i: index._row_vector(r[0]) for i, r in rows.items()}
+    assert not (after["p1.png"] == before["p1.png"]).all() and (after["p2.png"] == before["p2.png"]).all()
+    assert "p4.png" not in {h.id for h in index.search("red circle", k=20)}
+
+    main(["sync", str(tmp_path / "idx")])
+    assert "0 added, 0 changed, 0 deleted, 7 unchanged" in capsys.readouterr().out  # "elsewhere" is not in it
+    (photos / "2027-trip").mkdir()
+    pattern(212).save(photos / "2027-trip" / "img1.png")
+    index.add(photos / "2027-trip")  # an add of a folder inside the photo folder: ids relative to it too
+    assert "2027-trip/img1.png" in index.storage.rows_of()
+    with pytest.raises(NotADirectoryError, match="is not one"):
+        index.sync(tmp_path / "nope")
