@@ -48,6 +48,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--request-timeout", type=float, default=None,
                         help="seconds a request may take; past it, 503 and its inputs are not encoded (default: none)")
     parser.add_argument("--log-json", action="store_true", help="log each request as one JSON object per line")
+    parser.add_argument("--allow-writes", action="store_true",
+                        help="with --index: POST /documents upserts and POST /documents/delete deletes (needs an API "
+                             "key, loopback included)")  # fmt: skip
     parser.add_argument("--image-root", type=Path, default=None,
                         help="a folder whose images requests may name by relative path (default: paths refused)")
     defaults = Limits()
@@ -88,6 +91,9 @@ def run(argv: list[str] | None = None) -> None:
     if not is_loopback(args.host) and api_key is None:
         raise ValueError(f"--host {args.host} is not a loopback address: serving it needs an API key (--api-key or "
                          f"${KEY_VARIABLE}); without one, bind 127.0.0.1")  # fmt: skip
+    if args.allow_writes and (args.index is None or api_key is None):
+        raise ValueError("--allow-writes needs --index and an API key (--api-key or $RET2_API_KEY), even on a loopback "
+                         "address: writes change the index for everyone who searches it")  # fmt: skip
     if args.image_root is not None and not args.image_root.is_dir():
         raise NotADirectoryError(f"--image-root {args.image_root} is not a folder")
     try:
@@ -100,7 +106,8 @@ def run(argv: list[str] | None = None) -> None:
     limits = Limits(**{name: getattr(args, name) for name in Limits.__dataclass_fields__})
     options = dict(limits=limits, api_key=api_key, input_image_root=args.image_root,
                    max_batch_size=args.max_batch_size, max_wait=args.max_wait_ms / 1000, max_queue=args.max_queue,
-                   request_timeout=args.request_timeout, json_logs=args.log_json)  # fmt: skip
+                   request_timeout=args.request_timeout, json_logs=args.log_json,
+                   allow_writes=args.allow_writes)  # fmt: skip
     if args.index is not None:
         service = Service.from_index(args.index, args.device, **options)
     else:

@@ -372,6 +372,18 @@ class Ret2Index:
         with self._writing():
             return self._delete(ids, missing_ok)
 
+    def delete_where(self, filter: dict) -> int:
+        """Delete every document whose metadata matches `filter` (the syntax of `search`'s); returns how many."""
+        check_filter(filter)
+        with self._writing():
+            rows = select(self.storage.metadata(), filter)
+            live = self.storage.live_rows()
+            rows = rows if live is None else np.intersect1d(rows, live)
+            ids = self.embeddings().ids
+            chunked = self.chunking is not None
+            doomed = list(dict.fromkeys(ids[r].rpartition("#")[0] if chunked else ids[r] for r in rows.tolist()))
+            return self._delete(doomed, missing_ok=False) if doomed else 0
+
     def _delete(self, ids: Sequence[str], missing_ok: bool) -> int:
         rows_of = self.storage.rows_of()
         missing = [i for i in dict.fromkeys(ids) if i not in rows_of]
@@ -562,13 +574,8 @@ class Ret2Index:
             fusion, weights: hybrid only: "rrf" (reciprocal-rank fusion, `ret2.index.hybrid.RRF_K`) or "weighted"
                 (weights of the vector and the keyword ranking, their scores normalised as Milvus does).
         """
-        self.refresh()
         if mode not in SEARCH_MODES:
             raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
-        if filter is not None:
-            check_filter(filter)
         batch = isinstance(queries, list)
         queries = queries if batch else [queries]
         texts = None
@@ -579,14 +586,36 @@ class Ret2Index:
                 raise ValueError(f"mode {mode!r} needs a text in every query; query {missing} ({queries[missing]!r}) "
                                  "has none")  # fmt: skip
         vectors = self.encode_queries(queries) if mode != "keyword" else None
-        options = dict(engine=engine, backend=backend, ef_search=ef_search, precision=precision,
-                       rescore_multiplier=rescore_multiplier, nprobe=nprobe)  # fmt: skip
+        hits = self.search_encoded(vectors, k, texts, engine=engine, backend=backend, ef_search=ef_search,
+                                   precision=precision, rescore_multiplier=rescore_multiplier, nprobe=nprobe,
+                                   filter=filter, mode=mode, fusion=fusion, weights=weights)  # fmt: skip
+        return hits if batch else hits[0]
+
+    def search_encoded(self, vectors: np.ndarray | None, k: int, texts: Sequence[str] | None = None,
+                       engine: str = "exact", filter: dict | None = None, mode: str = "vector", fusion: str = "rrf",
+                       weights: Sequence[float] = (0.5, 0.5), **options) -> list[list[Hit]]:  # fmt: skip
+        """`search` of queries already encoded (`encode_queries`' fp16-rounded float32 (Nq, D), None in keyword mode)
+        with their `texts` (keyword and hybrid modes): a list of `Hit` lists. What a server that batches the
+        encoding itself calls; `options` are `search`'s engine options (backend, ef_search, precision, ...)."""
+        self.refresh()
+        if mode not in SEARCH_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
+        if mode != "keyword" and vectors is None:
+            raise ValueError(f"mode {mode!r} ranks by the embeddings: give the query vectors")
+        if mode != "vector" and (texts is None or not all(texts)):
+            raise ValueError(f"mode {mode!r} needs a text in every query")
+        if filter is not None:
+            check_filter(filter)
+        options = {"backend": "auto", "ef_search": None, "precision": None, "rescore_multiplier": None, "nprobe": None,
+                   **options, "engine": engine}  # fmt: skip
 
         def rank(depth: int) -> tuple[np.ndarray, np.ndarray]:
-            return self._rank(vectors, texts, depth, mode, filter, fusion, weights, options)
+            return self._rank(vectors, list(texts) if texts is not None else None, depth, mode, filter, fusion,
+                              weights, options)  # fmt: skip
 
-        hits = self._search_documents(rank, k) if self.chunking is not None else self.hits(*rank(k))
-        return hits if batch else hits[0]
+        return self._search_documents(rank, k) if self.chunking is not None else self.hits(*rank(k))
 
     def _rank(self, vectors: np.ndarray | None, texts: list[str] | None, depth: int, mode: str, filter: dict | None,
               fusion: str, weights: Sequence[float], options: dict) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
@@ -598,7 +627,8 @@ class Ret2Index:
                                          row_of=self._rows_by_id(), fusion=fusion, weights=weights)  # fmt: skip
         allowed = self._allowed(filter)
         vector = self.search_embeddings(vectors, depth, allowed=allowed, **options) if mode != "keyword" else None
-        keyword = self._keyword().search(texts, depth, allowed=allowed) if mode != "vector" else None
+        keyword = (self._keyword().search(texts, depth, allowed=self.storage.live_rows() if allowed is None else allowed)
+                   if mode != "vector" else None)  # fmt: skip
         if mode == "vector":
             return vector
         if mode == "keyword":
@@ -606,10 +636,11 @@ class Ret2Index:
         return rrf([vector, keyword], depth) if fusion == "rrf" else weighted([vector, keyword], depth, weights)
 
     def _allowed(self, filter: dict | None) -> np.ndarray | None:
-        """The rows a search may return: those `filter` keeps, less the deleted ones (None: every row)."""
-        live = self.storage.live_rows()
+        """The rows a filtered search may return: those `filter` keeps, less the deleted ones. None without a filter:
+        every row but the deleted ones, which `search_embeddings` skips by itself."""
         if filter is None:
-            return live
+            return None
+        live = self.storage.live_rows()
         kept = select(self.storage.metadata(), filter)
         return kept if live is None else np.intersect1d(kept, live)
 
@@ -652,14 +683,27 @@ class Ret2Index:
             raise ValueError(f"backend {backend!r} is not one of {list(BACKENDS)}")
         precision = precision or (self.precision if engine == "exact" else "fp16")  # the build's is the flat scan's
         check_precision(precision, RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier)
-        if allowed is None:
-            allowed = self.storage.live_rows()  # deleted rows are never returned
         if len(self) == 0:
             raise ValueError(f"index {self.folder} holds no documents")
+        if precision != "fp16" and engine != "exact":
+            raise ValueError(f"precision {precision!r} applies to engine 'exact' (the flat scan); engine "
+                             f"{engine!r} searches its own vectors: pass precision='fp16'")  # fmt: skip
+
+        def ranked(depth: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+            return self._engine_search(queries, depth, engine, backend, ef_search, precision, rescore_multiplier,
+                                       nprobe, allowed)  # fmt: skip
+
+        if allowed is None and len(self.storage.deleted()) and engine != "milvus":
+            # deleted rows are never returned: the engine ranks every row, deeper than k, and the deleted ones are
+            # dropped (a mask of nearly every row, 990,000 of 1M, costs each engine far more than a few extra ranks)
+            return self._skipping_deleted(lambda depth: ranked(depth, None), k)
+        return ranked(k, allowed)
+
+    def _engine_search(self, queries: np.ndarray, k: int, engine: str, backend: str, ef_search: int | None,
+                       precision: str, rescore_multiplier: int | None, nprobe: int | None,
+                       allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The chosen engine's (scores, rows) over `allowed` (None: every stored row, deleted ones included)."""
         if precision != "fp16":
-            if engine != "exact":
-                raise ValueError(f"precision {precision!r} applies to engine 'exact' (the flat scan); engine "
-                                 f"{engine!r} searches its own vectors: pass precision='fp16'")  # fmt: skip
             multiplier = RESCORE_MULTIPLIER if rescore_multiplier is None else rescore_multiplier
             return self._quantized(precision).search(queries, k, allowed, rescore_multiplier=multiplier)
         if engine == "exact":
@@ -671,6 +715,25 @@ class Ret2Index:
             return approximate.search(queries, k, allowed, nprobe=nprobe, rescore_multiplier=rescore_multiplier)
         # Milvus holds no deleted row (`delete` removed it); hits map back to rows by their ids
         return self._milvus().search(queries, min(k, len(self)), row_of=self._rows_by_id())
+
+    def _skipping_deleted(self, rank, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The top k live rows of `rank(depth)` (scores, rows over every row): ranked `depth` deep, about twice the
+        share of deleted rows beyond k, deleted rows dropped, and ranked 4x deeper while a query has fewer than k
+        live ones and rows remain. For the exact scan this is the masked scan's result."""
+        deleted, rows_ = self.storage.deleted(), len(self)
+        k = min(k, rows_ - len(deleted))
+        depth = min(rows_, k + max(16, int(2 * k * len(deleted) / max(rows_ - len(deleted), 1))))
+        while True:
+            scores, rows = rank(depth)
+            keep = (rows >= 0) & ~np.isin(rows, deleted)
+            if depth >= rows_ or (keep.sum(axis=1) >= k).all():
+                break
+            depth = min(rows_, 4 * depth)
+        out_scores, out_rows = np.full((len(rows), k), -np.inf, np.float32), np.full((len(rows), k), -1, np.int64)
+        for q in range(len(rows)):
+            found = np.flatnonzero(keep[q])[:k]
+            out_scores[q, : len(found)], out_rows[q, : len(found)] = scores[q, found], rows[q, found]
+        return out_scores, out_rows
 
     def hits(self, scores: np.ndarray, rows: np.ndarray) -> list[list[Hit]]:
         """The `Hit`s of `search_embeddings`' (scores, rows), one list per query, best first (rows of -1 dropped)."""

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import copy
 import functools
+import hashlib
 import hmac
 import io
 import json
@@ -35,7 +36,9 @@ from starlette.exceptions import HTTPException
 from modeling_ret2 import truncate_embeddings
 
 from .batching import ClientGone, DeadlineExceeded, DynamicBatcher, Overloaded
-from .inputs import Limits, RequestError, parse_embedding_request, parse_json, parse_search_request
+from .inputs import (
+    Limits, RequestError, parse_delete, parse_documents, parse_embedding_request, parse_json, parse_search_request,
+)  # fmt: skip
 from .metrics import Metrics, route_of
 
 logger = logging.getLogger("ret2.serve")
@@ -60,6 +63,8 @@ class Service:
         max_queue: most inputs waiting to be encoded (None: no limit); a request past it gets 429 at once.
         request_timeout: seconds a request may take (None: no limit); past it, 503 and its inputs are not encoded.
         json_logs: log each request as one JSON object per line instead of text.
+        allow_writes: with an index, `POST /documents` (upsert) and `POST /documents/delete` change it (the server
+            then needs an API key, loopback included); without, they answer 403.
     """
 
     model: object
@@ -75,12 +80,19 @@ class Service:
     max_queue: int | None = None
     request_timeout: float | None = None
     json_logs: bool = False
+    allow_writes: bool = False
     _counting: object = field(init=False, repr=False)  # (tokenizer, lock) of `count_tokens`
+    _model_lock: object = field(init=False, repr=False)  # held by a batch's encoding and by a write's
 
     def __post_init__(self):
         # A fast tokenizer keeps its padding and truncation settings on the one Rust object it calls: usage's count,
         # in a worker thread beside the encoding batch, gets a copy of its own, so it never unpads a batch mid-call.
         self._counting = (copy.deepcopy(self.processor.tokenizer), threading.Lock())
+        # A write encodes its documents with the same model and processor as the batches: one at a time.
+        self._model_lock = threading.Lock()
+        if self.allow_writes and (self.index is None or not self.api_key):
+            raise ValueError("writes (--allow-writes) need --index and an API key (--api-key or $RET2_API_KEY), "
+                             "even on a loopback address")  # fmt: skip
 
     @classmethod
     def from_model(cls, name_or_path: str, device: str = "cpu", **kwargs) -> Service:
@@ -110,8 +122,31 @@ class Service:
 
     def encode(self, samples: list, side: str) -> np.ndarray:
         """(N, D) float32 embeddings of (text, PIL image) samples: the model's one-call `encode`."""
-        return self.model.encode(samples, kind=side, processor=self.processor, batch_size=self.max_batch_size,
-                                 show_progress_bar=False, image_orientation=self.image_orientation)  # fmt: skip
+        with self._model_lock:
+            return self.model.encode(samples, kind=side, processor=self.processor, batch_size=self.max_batch_size,
+                                     show_progress_bar=False, image_orientation=self.image_orientation)  # fmt: skip
+
+    def upsert(self, documents: list) -> dict:
+        """Upsert request documents into the index: uploaded images saved under `<index>/uploads/` by their content's
+        hash (PNG), then `Ret2Index.upsert` (encoding under the model lock)."""
+        uploads = self.index.folder / "uploads"
+        uploads.mkdir(exist_ok=True)
+        records = []
+        for doc in documents:
+            image = None
+            if doc.image is not None:
+                data = io.BytesIO()
+                doc.image.save(data, "PNG")
+                image = f"{hashlib.sha256(data.getvalue()).hexdigest()[:32]}.png"
+                if not (uploads / image).exists():
+                    (uploads / image).write_bytes(data.getvalue())
+            records.append({"id": doc.id, "text": doc.text, "image": image, **doc.metadata})
+        with self._model_lock:
+            return self.index.upsert(records, image_root=uploads)
+
+    def delete(self, ids: list[str] | None, filter: dict | None) -> int:
+        with self._model_lock:
+            return self.index.delete(ids) if ids is not None else self.index.delete_where(filter)
 
     def count_tokens(self, samples: list) -> int:
         """Text tokens of the samples as they are encoded (cut at the processor's limit, `ret2.model.text_limit`):
@@ -273,7 +308,9 @@ def create_app(service: Service) -> FastAPI:
         body = {"ready": ready["ready"], "model": service.name, "queued_inputs": batcher.queued,
                 "max_queue": service.max_queue}  # fmt: skip
         if service.index is not None:
-            body["index"] = {"folder": str(service.index.folder), "documents": len(service.index)}
+            service.index.refresh()  # the index as it is now, writes by other processes included
+            body["index"] = {"folder": str(service.index.folder), "documents": service.index.documents,
+                             "revision": service.index.storage.revision, "writes": service.allow_writes}  # fmt: skip
         return JSONResponse(body, 200 if ready["ready"] else 503)
 
     @app.get("/metrics")
@@ -324,16 +361,48 @@ def create_app(service: Service) -> FastAPI:
         batcher.check_room(1)
         parsed = await asyncio.to_thread(parse_search_request, body, service.limits, ENGINES,
                                          service.image_orientation, service.input_image_root)  # fmt: skip
-        vectors = await encoded(request, [parsed.sample], "query")
-        # the query rounded to fp16 like the stored documents, as `Ret2Index.search` does
-        try:
-            scores, rows = await asyncio.to_thread(index.search_embeddings, vectors.astype(np.float16), parsed.k,
-                                                   parsed.engine)  # fmt: skip
-        except ValueError as err:  # an engine the index has not built
+        vectors = None
+        if parsed.mode != "keyword":
+            # the query rounded to fp16 like the stored documents, as `Ret2Index.search` does
+            vectors = (await encoded(request, [parsed.sample], "query")).astype(np.float16).astype(np.float32)
+        texts = [parsed.sample[0]] if parsed.mode != "vector" else None
+        try:  # follows writes by other processes (`refresh`), filters before the top k
+            hits = await asyncio.to_thread(index.search_encoded, vectors, parsed.k, texts, engine=parsed.engine,
+                                           filter=parsed.filter, mode=parsed.mode, fusion=parsed.fusion,
+                                           weights=parsed.weights)  # fmt: skip
+        except ValueError as err:  # an engine the index has not built, a filter on metadata it cannot compare
             raise RequestError(400, str(err)) from None
-        hits = await asyncio.to_thread(index.hits, scores, rows)
         roots = image_roots(index)
         return {"hits": [_hit_json(hit, roots) for hit in hits[0]]}
+
+    def writable():
+        if service.index is None:
+            raise HTTPException(404, "this server has no index: start it with --index FOLDER")
+        if not service.allow_writes:
+            raise RequestError(403, "this server does not change its index: start ret2-serve with --allow-writes "
+                                    "(and an API key) to upsert and delete documents")  # fmt: skip
+
+    @app.post("/documents")
+    async def upsert_documents(request: Request):
+        """Upsert documents (id, text, image as base64, metadata): the next search sees them."""
+        writable()
+        body = parse_json(await request.body())
+        documents = await asyncio.to_thread(parse_documents, body, service.limits, service.image_orientation)
+        counts = await asyncio.to_thread(service.upsert, documents)
+        metrics.writes.labels("upsert").inc(len(documents))
+        return {**counts, "documents": service.index.documents, "revision": service.index.storage.revision}
+
+    @app.post("/documents/delete")
+    async def delete_documents(request: Request):
+        """Delete documents by `ids` or by a metadata `filter`: the next search no longer returns them."""
+        writable()
+        ids, filter_ = parse_delete(parse_json(await request.body()))
+        try:
+            deleted = await asyncio.to_thread(service.delete, ids, filter_)
+        except ValueError as err:  # ids not in the index, named
+            raise RequestError(404, str(err)) from None
+        metrics.writes.labels("delete").inc(deleted)
+        return {"deleted": deleted, "documents": service.index.documents, "revision": service.index.storage.revision}
 
     def indexed_file(number: str, path: str) -> Path:
         """The file `path` under the index's image root number `number`; 404 for anything outside the roots."""

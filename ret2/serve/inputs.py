@@ -20,7 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 INPUT_TYPES = ("query", "document")
 ENCODING_FORMATS = ("float", "base64")
 EMBEDDING_FIELDS = ("model", "input", "encoding_format", "input_type", "dimensions", "user")
-SEARCH_FIELDS = ("text", "image", "k", "engine")
+SEARCH_FIELDS = ("text", "image", "k", "engine", "filter", "mode", "fusion", "weights")
+DELETE_FIELDS = ("ids", "filter")
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _DATA_URL = re.compile(r"^data:image/[a-zA-Z0-9.+-]+;base64,", re.ASCII)
 
@@ -199,6 +200,10 @@ class SearchRequest:
     sample: tuple  # (text or None, PIL image or None)
     k: int
     engine: str
+    filter: dict | None = None  # a metadata filter (`ret2.index.filters`)
+    mode: str = "vector"  # vector, keyword or hybrid
+    fusion: str = "rrf"
+    weights: tuple[float, float] = (0.5, 0.5)
 
 
 def parse_search_request(
@@ -212,5 +217,72 @@ def parse_search_request(
     if k > limits.max_k:
         raise RequestError(422, f"k={k} is over the limit max_k={limits.max_k}")
     engine = _choice(body, "engine", engines, "exact")
+    from ret2.options import FUSIONS, SEARCH_MODES
+
+    mode, fusion = _choice(body, "mode", SEARCH_MODES, "vector"), _choice(body, "fusion", FUSIONS, "rrf")
+    weights = body.get("weights", [0.5, 0.5])
+    if (not isinstance(weights, list) or len(weights) != 2
+            or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights)):  # fmt: skip
+        raise RequestError(400, f"weights={weights!r} must be two numbers >= 0 (vector, keyword)")
     sample = _sample(body.get("text"), body.get("image"), "query", limits, orientation, image_root)
-    return SearchRequest(sample, k, engine)
+    if mode != "vector" and sample[0] is None:
+        raise RequestError(400, f"mode {mode!r} ranks by the query's text: give a text")
+    return SearchRequest(sample, k, engine, _filter(body.get("filter")), mode, fusion, tuple(weights))
+
+
+def _filter(value: object) -> dict | None:
+    """A metadata filter as `Ret2Index.search` takes it; 400 naming the bad part."""
+    if value is None:
+        return None
+    from ret2.index.filters import FilterError, check_filter
+
+    try:
+        check_filter(value)
+    except FilterError as err:
+        raise RequestError(400, str(err)) from None
+    return value
+
+
+@dataclass
+class Document:
+    """A document to upsert: its id, text, image (decoded) and metadata (the other JSON fields)."""
+
+    id: str
+    text: str | None
+    image: Image.Image | None
+    metadata: dict
+
+
+def parse_documents(body: dict, limits: Limits, orientation: str = "upright") -> list[Document]:
+    """`{"documents": [{"id", "text", "image" (base64 or data URL), any other field: metadata}, ...]}`."""
+    _check_fields(body, ("documents",))
+    documents = body.get("documents")
+    if not isinstance(documents, list) or not documents:
+        raise RequestError(400, "documents must be a non-empty list of {id, text, image, ...} objects")
+    if len(documents) > limits.max_items:
+        raise RequestError(422, f"{len(documents)} documents are over the limit max_items={limits.max_items}")
+    out, seen = [], set()
+    for n, doc in enumerate(documents):
+        where = f"documents[{n}]"
+        if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not doc["id"]:
+            raise RequestError(400, f"{where}: a document is an object with a non-empty string id")
+        if doc["id"] in seen:
+            raise RequestError(400, f"{where}: id {doc['id']!r} is given twice")
+        seen.add(doc["id"])
+        text, image = _sample(doc.get("text"), doc.get("image"), where, limits, orientation, None)
+        metadata = {k: v for k, v in doc.items() if k not in ("id", "text", "image")}
+        out.append(Document(doc["id"], text, image, metadata))
+    return out
+
+
+def parse_delete(body: dict) -> tuple[list[str] | None, dict | None]:
+    """`{"ids": [...]}` or `{"filter": {...}}`: (ids, None) or (None, filter)."""
+    _check_fields(body, DELETE_FIELDS)
+    if ("ids" in body) == ("filter" in body):
+        raise RequestError(400, "give exactly one of ids (a list of document ids) and filter (a metadata filter)")
+    if "ids" in body:
+        ids = body["ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(i, str) and i for i in ids):
+            raise RequestError(400, "ids must be a non-empty list of document ids (strings)")
+        return ids, None
+    return None, _filter(body["filter"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-ROUTES = ("/", "/health", "/ready", "/metrics", "/v1/embeddings", "/search")
+ROUTES = ("/", "/health", "/ready", "/metrics", "/v1/embeddings", "/search", "/documents", "/documents/delete")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -46,6 +46,8 @@ class Metrics:
                                       "answered (queued or encoding)", registry=r)  # fmt: skip
         self.shed = Counter("ret2_inputs_shed", "Inputs not encoded, by reason: queue_full (429), deadline (503), "
                             "client_gone", ["reason"], registry=r)  # fmt: skip
+        self.writes = Counter("ret2_documents_written", "Documents upserted or deleted through the server, by operation",
+                              ["operation"], registry=r)  # fmt: skip
 
     def exposition(self) -> tuple[bytes, str]:
         """The text format's body and its content type."""

@@ -149,3 +149,15 @@ def test_sync_makes_the_index_match_its_folder_again(tiny_model_dir, tmp_path, c
     assert "2027-trip/img1.png" in index.storage.rows_of()
     with pytest.raises(NotADirectoryError, match="is not one"):
         index.sync(tmp_path / "nope")
+
+
+def test_with_deletions_pending_a_search_ranks_deeper_and_equals_the_masked_scan(tiny_model_dir, tmp_path):
+    index = Ret2Index.build(tmp_path / "idx", _records(tmp_path, 40), model=str(tiny_model_dir), image_root=tmp_path)
+    assert index.delete([f"d{i}" for i in range(0, 40, 5)]) == 8  # 20%: below the automatic compaction
+    queries = index.encode_queries(["red circle", pattern(104), WORDS[2]])
+    live = index.storage.live_rows()
+    for k in (1, 10, 32, 40):  # 40: more than the 32 live rows
+        skipped = index.search_embeddings(queries, k)
+        masked = index.search_embeddings(queries, k, allowed=live)
+        assert skipped[1].tolist() == masked[1].tolist() and (skipped[0] == masked[0]).all(), k
+        assert skipped[1].shape == (3, min(k, 32)) and not set(skipped[1].ravel().tolist()) - set(live.tolist())

@@ -120,7 +120,8 @@ def test_dimensions_gives_the_renormalised_matryoshka_prefixes(server, index, ph
 def test_ready_reports_the_open_index(server, index):
     ready = httpx.get(server.url + "/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    assert len(index) == 10 and ready.json()["index"] == {"folder": str(index.folder), "documents": 10}
+    assert len(index) == 10 and ready.json()["index"] == {"folder": str(index.folder), "documents": 10,
+                                                          "revision": index.storage.revision, "writes": False}
 
 
 def test_search_returns_the_hits_of_ret2index_search(server, index, photos):
