@@ -127,6 +127,7 @@ class Storage:
     def __init__(self, folder: Path, meta: dict):
         self.folder, self.meta = folder, meta
         self._stamp = self._manifest_stamp()
+        self._named = _referenced(meta)  # what the manifest on disk names (as read or last saved): kept by `save`
         self._writing = False  # this object holds the write lock (nested writes take it once)
         self._embeddings: Embeddings | None = None
         self._parts: list[tuple[Part, Path]] | None = None  # each complete part's records and image root
@@ -135,14 +136,11 @@ class Storage:
 
     def save(self) -> None:
         """Write the manifest (one more revision), then remove the files it and the previous one no longer name."""
-        try:
-            previous = _referenced(read_meta(self.folder)) if (self.folder / INDEX_FILE).exists() else set()
-        except (OSError, ValueError):
-            previous = set()
+        previous = self._named
         self.meta["revision"] = self.meta.get("revision", 0) + 1
         write_atomic(self.folder / INDEX_FILE, lambda f: f.write(json.dumps(self.meta, indent=1).encode()))
-        self._stamp = self._manifest_stamp()
-        self._remove_unnamed(previous | _referenced(self.meta))
+        self._stamp, self._named = self._manifest_stamp(), _referenced(self.meta)
+        self._remove_unnamed(previous | self._named)
 
     def versioned(self, stem: str, suffix: str = "") -> str:
         """The file name `stem-<revision>suffix` for what the next manifest save will name (never one a saved manifest
@@ -189,10 +187,11 @@ class Storage:
         except (OSError, ValueError):
             return True
 
-    def reload(self) -> None:
-        """Read the manifest again (a newer revision) and forget what was read from the old one."""
-        self.meta = read_meta(self.folder)
-        self._stamp = self._manifest_stamp()
+    def reload(self, meta: dict | None = None) -> None:
+        """Read the manifest again (a newer revision; `meta`: it, already read) and forget what was read from the old
+        one."""
+        self.meta = read_meta(self.folder) if meta is None else meta
+        self._stamp, self._named = self._manifest_stamp(), _referenced(self.meta)
         self._embeddings = self._parts = self._metadata = self._deleted = None
 
     @contextlib.contextmanager
@@ -216,8 +215,9 @@ class Storage:
         try:
             holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                           "command": " ".join(sys.argv)[:200], "since": time.strftime("%Y-%m-%d %H:%M:%S")}))  # fmt: skip
-            if (self.folder / INDEX_FILE).exists() and read_meta(self.folder).get("revision", 0) != self.revision:
-                self.reload()  # the revision itself, not the file's stamp: a writer must start from the newest
+            newest = read_meta(self.folder) if (self.folder / INDEX_FILE).exists() else None
+            if newest is not None and newest.get("revision", 0) != self.revision:
+                self.reload(newest)  # the revision itself, not the file's stamp: a writer must start from the newest
             self._writing = True
             yield
         finally:
