@@ -58,14 +58,16 @@ def build_parser() -> ArgumentParser:
     bad_images(p)
     fields(p)
 
-    p = commands.add_parser("add", help="encode more documents into an existing index")
-    p.add_argument("folder", help="the index folder")
-    p.add_argument("source", help="documents, as for build")
-    model_flags(p)
-    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
-    bad_images(p)
-    fields(p)
+    for name, what in (("add", "encode more documents into an existing index"),
+                       ("upsert", "add documents, replacing those of the same ids (unchanged ones are kept)")):  # fmt: skip
+        p = commands.add_parser(name, help=what)
+        p.add_argument("folder", help="the index folder")
+        p.add_argument("source", help="documents, as for build")
+        model_flags(p)
+        p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
+        p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
+        bad_images(p)
+        fields(p)
 
     p = commands.add_parser("delete", help="delete documents by id (no search returns them; their ids are free)")
     p.add_argument("folder", help="the index folder")
@@ -73,15 +75,6 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--ids-file", help="a file of document ids, one a line (with or instead of IDS)")
     p.add_argument("--missing-ok", action="store_true", help="skip ids not in the index instead of refusing them all")
     model_flags(p)
-
-    p = commands.add_parser("upsert", help="add documents, replacing those of the same ids (unchanged ones are kept)")
-    p.add_argument("folder", help="the index folder")
-    p.add_argument("source", help="documents, as for build")
-    model_flags(p)
-    p.add_argument("--image-root", help="folder image paths are relative to (default: the source's folder)")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers opening images")
-    bad_images(p)
-    fields(p)
 
     p = commands.add_parser("sync", help="make the index match its folder of images again: new files added, changed "
                             "ones encoded again, removed ones deleted")  # fmt: skip
