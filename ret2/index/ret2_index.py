@@ -574,8 +574,7 @@ class Ret2Index:
             fusion, weights: hybrid only: "rrf" (reciprocal-rank fusion, `ret2.index.hybrid.RRF_K`) or "weighted"
                 (weights of the vector and the keyword ranking, their scores normalised as Milvus does).
         """
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+        _check_search(mode, fusion, filter)  # before the queries are encoded
         batch = isinstance(queries, list)
         queries = queries if batch else [queries]
         texts = None
@@ -598,16 +597,11 @@ class Ret2Index:
         with their `texts` (keyword and hybrid modes): a list of `Hit` lists. What a server that batches the
         encoding itself calls; `options` are `search`'s engine options (backend, ef_search, precision, ...)."""
         self.refresh()
-        if mode not in SEARCH_MODES:
-            raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
+        _check_search(mode, fusion, filter)
         if mode != "keyword" and vectors is None:
             raise ValueError(f"mode {mode!r} ranks by the embeddings: give the query vectors")
         if mode != "vector" and (texts is None or not all(texts)):
             raise ValueError(f"mode {mode!r} needs a text in every query")
-        if filter is not None:
-            check_filter(filter)
         options = {"backend": "auto", "ef_search": None, "precision": None, "rescore_multiplier": None, "nprobe": None,
                    **options, "engine": engine}  # fmt: skip
 
@@ -897,6 +891,15 @@ class Ret2Index:
         self.meta["milvus"] = engine.save(self.storage)
         self.storage.save()
         return target
+
+
+def _check_search(mode: str, fusion: str, filter: dict | None) -> None:
+    if mode not in SEARCH_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {list(SEARCH_MODES)}")
+    if fusion not in FUSIONS:
+        raise ValueError(f"fusion {fusion!r} is not one of {list(FUSIONS)}")
+    if filter is not None:
+        check_filter(filter)
 
 
 def _written_before_manifest(path: Path) -> bool:
